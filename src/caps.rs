@@ -1,0 +1,78 @@
+//! The capability bounding set a machine keeps (the same set
+//! systemd-nspawn keeps; everything else, e.g. SYS_MODULE, SYS_TIME,
+//! SYS_RAWIO, MAC_ADMIN, BPF, is dropped).
+
+use caps::Capability::{self, *};
+
+pub const KEPT: &[Capability] = &[
+    CAP_AUDIT_CONTROL,
+    CAP_AUDIT_WRITE,
+    CAP_CHOWN,
+    CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH,
+    CAP_FOWNER,
+    CAP_FSETID,
+    CAP_IPC_OWNER,
+    CAP_KILL,
+    CAP_LEASE,
+    CAP_LINUX_IMMUTABLE,
+    CAP_MKNOD,
+    CAP_NET_BIND_SERVICE,
+    CAP_NET_BROADCAST,
+    CAP_NET_RAW,
+    CAP_SETFCAP,
+    CAP_SETGID,
+    CAP_SETPCAP,
+    CAP_SETUID,
+    CAP_SYS_ADMIN,
+    CAP_SYS_BOOT,
+    CAP_SYS_CHROOT,
+    CAP_SYS_NICE,
+    CAP_SYS_PTRACE,
+    CAP_SYS_RESOURCE,
+    CAP_SYS_TTY_CONFIG,
+];
+
+/// Kept in addition when the machine has its own network namespace.
+pub const KEPT_WITH_PRIVATE_NETWORK: &[Capability] = &[CAP_NET_ADMIN];
+
+/// The capabilities to drop from the bounding set.
+pub fn to_drop(private_network: bool) -> Vec<Capability> {
+    caps::all()
+        .into_iter()
+        .filter(|c| !KEPT.contains(c))
+        .filter(|c| !(private_network && KEPT_WITH_PRIVATE_NETWORK.contains(c)))
+        .collect()
+}
+
+/// Drop from the bounding, inheritable and ambient sets, so neither the init
+/// nor anything it starts can regain them.
+pub fn drop_bounding(private_network: bool) -> Result<(), caps::errors::CapsError> {
+    caps::clear(None, caps::CapSet::Ambient)?;
+    for cap in to_drop(private_network) {
+        // A capability the running kernel does not know is already absent.
+        if caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, caps::CapSet::Bounding, cap)?;
+        }
+        caps::drop(None, caps::CapSet::Inheritable, cap)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_dangerous_keeps_needed() {
+        let drop = to_drop(false);
+        for c in [CAP_SYS_MODULE, CAP_SYS_TIME, CAP_SYS_RAWIO, CAP_MAC_ADMIN, CAP_BPF, CAP_NET_ADMIN] {
+            assert!(drop.contains(&c), "{c} must be dropped");
+        }
+        for c in KEPT {
+            assert!(!drop.contains(c), "{c} must be kept");
+        }
+        assert!(!to_drop(true).contains(&CAP_NET_ADMIN));
+        assert_eq!(KEPT.len(), 26);
+    }
+}

@@ -1,0 +1,257 @@
+//! The machine's cgroup on the host's cgroup2 hierarchy.
+//!
+//! Written against cgroupfs directly rather than with cgroups-rs: that crate
+//! hard-codes /sys/fs/cgroup as the cgroup2 root (hybrid hosts mount it at
+//! /sys/fs/cgroup/unified), writes `+controller` into every ancestor and
+//! ignores the errors (inside a delegated subtree that hides EACCES/EBUSY),
+//! and pulls a second zbus and an old nix. What berth needs is mkdir,
+//! `cgroup.subtree_control`, `cgroup.procs`, `cgroup.kill` and rmdir, each
+//! with an error naming the file.
+//!
+//! Layout:
+//! - under a unit (`--keep-unit`): the unit's cgroup C gets `C/supervisor`
+//!   (berth moves itself there) and `C/payload` (the machine), and every
+//!   controller C has is enabled for its children;
+//! - standalone: `machine.slice/machine-NAME.scope` below the cgroup2 root,
+//!   created and removed by berth (this is for hosts without systemd; with
+//!   systemd, use the unit).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::name::MachineName;
+use crate::util::os_error;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup2 file system is mounted on this host (looked in /proc/self/mountinfo)")]
+    NoCgroup2,
+    #[error("cannot tell berth's own cgroup from /proc/self/cgroup")]
+    NoOwnCgroup,
+    #[error("cgroup {}: {what}: {}", path.display(), os_error(source))]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("cgroup {}: processes of an earlier run are still there after SIGKILL", path.display())]
+    Busy { path: PathBuf },
+}
+
+fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+/// The cgroup2 mount point, from a mountinfo text: /sys/fs/cgroup on unified
+/// hosts, /sys/fs/cgroup/unified on hybrid ones.
+pub fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+        })
+        .collect();
+    found.sort_by_key(|p| p != Path::new("/sys/fs/cgroup"));
+    found.into_iter().next()
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// The cgroup2 path of the process, from a /proc/PID/cgroup text.
+pub fn own_cgroup(proc_cgroup: &str) -> Option<String> {
+    proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
+}
+
+/// The machine's cgroup, created fresh for each boot.
+#[derive(Debug)]
+pub struct MachineCgroup {
+    /// Where the machine's init is placed (the root of its cgroup namespace).
+    pub payload: PathBuf,
+    /// What berth removes when the machine is gone.
+    remove: PathBuf,
+    /// Parents berth created and removes when they end up empty.
+    parents: Vec<PathBuf>,
+}
+
+/// Choose and create the machine's cgroup. `mount` is the cgroup2 mount,
+/// `own` berth's own cgroup path in it.
+pub fn prepare(mount: &Path, own: &str, keep_unit: bool, name: &MachineName) -> Result<MachineCgroup, CgroupError> {
+    if keep_unit {
+        let unit = mount.join(own.trim_start_matches('/'));
+        // The unit's cgroup must hold no process itself before controllers
+        // can be enabled for its children ("no internal processes").
+        let supervisor = unit.join("supervisor");
+        mkdir(&supervisor)?;
+        let procs = supervisor.join("cgroup.procs");
+        fs::write(&procs, std::process::id().to_string()).map_err(io_err(&procs, "moving berth into it"))?;
+        enable_controllers(&unit)?;
+        let payload = unit.join("payload");
+        remove_tree(&payload)?;
+        mkdir(&payload)?;
+        Ok(MachineCgroup {
+            remove: payload.clone(),
+            payload,
+            parents: vec![],
+        })
+    } else {
+        let slice = mount.join("machine.slice");
+        let scope = slice.join(format!("machine-{name}.scope"));
+        remove_tree(&scope)?;
+        mkdir(&slice)?;
+        enable_controllers(mount)?;
+        enable_controllers(&slice)?;
+        mkdir(&scope)?;
+        Ok(MachineCgroup {
+            payload: scope.clone(),
+            remove: scope,
+            parents: vec![slice],
+        })
+    }
+}
+
+impl MachineCgroup {
+    /// Kill what is left and remove the cgroups berth created.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        remove_tree(&self.remove)?;
+        for p in &self.parents {
+            let _ = fs::remove_dir(p); // still used by other machines: fine
+        }
+        Ok(())
+    }
+}
+
+fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    match fs::create_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io_err(path, "creating it")(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Enable for the children of `cgroup` every controller it has.
+fn enable_controllers(cgroup: &Path) -> Result<(), CgroupError> {
+    let file = cgroup.join("cgroup.controllers");
+    let available = fs::read_to_string(&file).map_err(io_err(&file, "reading it"))?;
+    let control = cgroup.join("cgroup.subtree_control");
+    let enabled = fs::read_to_string(&control).map_err(io_err(&control, "reading it"))?;
+    for c in available.split_whitespace() {
+        if !enabled.split_whitespace().any(|e| e == c) {
+            fs::write(&control, format!("+{c}")).map_err(io_err(&control, "enabling a controller"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove a cgroup and everything below it, killing what still runs there.
+/// A missing cgroup is fine: this also cleans up after a SIGKILLed berth.
+pub fn remove_tree(path: &Path) -> Result<(), CgroupError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    kill_all(path)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while populated(path) {
+        if Instant::now() > deadline {
+            return Err(CgroupError::Busy { path: path.into() });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rmdir_depth_first(path)
+}
+
+fn populated(path: &Path) -> bool {
+    fs::read_to_string(path.join("cgroup.events"))
+        .map(|t| t.lines().any(|l| l == "populated 1"))
+        .unwrap_or(false)
+}
+
+fn kill_all(path: &Path) -> Result<(), CgroupError> {
+    if !populated(path) {
+        return Ok(());
+    }
+    let kill = path.join("cgroup.kill");
+    if kill.exists() {
+        return fs::write(&kill, "1").map_err(io_err(&kill, "killing its processes"));
+    }
+    // Kernels before 5.14: signal each process, subtree by subtree.
+    for entry in fs::read_dir(path).map_err(io_err(path, "listing it"))?.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            kill_all(&entry.path())?;
+        }
+    }
+    let procs = fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.parse().ok()) {
+        let _ = crate::sys::send_signal(pid, libc::SIGKILL);
+    }
+    Ok(())
+}
+
+fn rmdir_depth_first(path: &Path) -> Result<(), CgroupError> {
+    for entry in fs::read_dir(path).map_err(io_err(path, "listing it"))?.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            rmdir_depth_first(&entry.path())?;
+        }
+    }
+    // The kernel may need a moment after the last process left.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => return Err(io_err(path, "removing it")(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_on_hybrid_and_unified_hosts() {
+        let hybrid = "\
+30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+        assert_eq!(find_cgroup2(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "\
+40 60 0:30 / /mnt/other rw - cgroup2 cgroup2 rw
+31 25 0:27 / /sys/fs/cgroup rw,nosuid,nodev,noexec shared:9 - cgroup2 cgroup2 rw,nsdelegate
+";
+        assert_eq!(find_cgroup2(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(find_cgroup2("31 25 0:27 / /sys rw - sysfs sysfs rw\n"), None);
+    }
+
+    #[test]
+    fn own_cgroup_from_proc() {
+        let text = "9:name=systemd:/\n4:memory:/x\n0::/system.slice/machine@web.service\n";
+        assert_eq!(own_cgroup(text).as_deref(), Some("/system.slice/machine@web.service"));
+        assert_eq!(own_cgroup("4:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn plain_directories_are_removed_depth_first() {
+        // Outside cgroupfs the same code removes an empty tree of directories.
+        let t = tempfile::tempdir().unwrap();
+        let top = t.path().join("machine-x.scope");
+        fs::create_dir_all(top.join("system.slice/a.service")).unwrap();
+        fs::create_dir_all(top.join("init.scope")).unwrap();
+        remove_tree(&top).unwrap();
+        assert!(!top.exists());
+        remove_tree(&top).unwrap(); // gone already: fine
+    }
+}

@@ -1,0 +1,23 @@
+//! berth: boot whole operating-system trees as containers.
+//!
+//! One module per concern; `main.rs` only parses the command line and
+//! prints errors. The order of a start is in [`commands`].
+
+pub mod caps;
+pub mod cgroup;
+pub mod cli;
+pub mod commands;
+pub mod console;
+pub mod exit;
+pub mod lock;
+pub mod name;
+pub mod notify;
+pub mod protocol;
+pub mod rootfs;
+pub mod seccomp;
+pub mod signals;
+pub mod spawn;
+pub mod supervisor;
+pub mod sys;
+pub mod tree;
+pub mod util;

@@ -1,0 +1,237 @@
+//! The machine's file system view: API file systems from tables, the
+//! /run/host directory, and the switch of root with pivot_root.
+//!
+//! Everything here runs in the machine's init process, in its new mount
+//! namespace, before it executes the init; nothing is mounted on the host.
+//! Paths in the tables are inside the machine; `root` is the tree on the host.
+
+use std::fs;
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{mknod, makedev, Mode, SFlag};
+use nix::unistd::{chdir, pivot_root};
+
+/// A failed setup step, as the child reports it to the supervisor.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {}", path.display(), errno.desc())]
+pub struct SetupError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    pub errno: Errno,
+}
+
+pub type Result<T> = std::result::Result<T, SetupError>;
+
+pub(crate) fn step<T, E: Into<Errno>>(what: &'static str, path: &Path, r: std::result::Result<T, E>) -> Result<T> {
+    r.map_err(|e| SetupError {
+        what,
+        path: path.to_path_buf(),
+        errno: e.into(),
+    })
+}
+
+fn io_step<T>(what: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T> {
+    step(what, path, r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+}
+
+struct ApiMount {
+    fstype: &'static str,
+    target: &'static str,
+    flags: MsFlags,
+    data: Option<&'static str>,
+}
+
+const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
+
+/// API file systems, mounted in this order (a later target may lie inside an
+/// earlier mount: /sys/fs/cgroup in /sys, /dev/pts in /dev).
+const API_MOUNTS: &[ApiMount] = &[
+    ApiMount { fstype: "proc", target: "/proc", flags: NOSUID_NODEV_NOEXEC, data: None },
+    ApiMount { fstype: "sysfs", target: "/sys", flags: NOSUID_NODEV_NOEXEC.union(MsFlags::MS_RDONLY), data: None },
+    // Inside the machine's cgroup namespace this shows the machine's own
+    // cgroup as the root, for its systemd to manage.
+    ApiMount { fstype: "cgroup2", target: "/sys/fs/cgroup", flags: NOSUID_NODEV_NOEXEC, data: None },
+    ApiMount { fstype: "tmpfs", target: "/dev", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_STRICTATIME), data: Some("mode=755,size=4m") },
+    ApiMount { fstype: "devpts", target: "/dev/pts", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC), data: Some("newinstance,ptmxmode=0666,mode=620,gid=5") },
+    ApiMount { fstype: "tmpfs", target: "/dev/shm", flags: NOSUID_NODEV.union(MsFlags::MS_STRICTATIME), data: Some("mode=1777") },
+    ApiMount { fstype: "mqueue", target: "/dev/mqueue", flags: NOSUID_NODEV_NOEXEC, data: None },
+    ApiMount { fstype: "tmpfs", target: "/run", flags: NOSUID_NODEV.union(MsFlags::MS_STRICTATIME), data: Some("mode=755,size=20%") },
+    ApiMount { fstype: "tmpfs", target: "/tmp", flags: NOSUID_NODEV.union(MsFlags::MS_STRICTATIME), data: Some("mode=1777") },
+];
+
+/// Kernel interfaces hidden behind an empty, inaccessible file.
+pub const PROC_MASKED: &[&str] = &["/proc/kallsyms", "/proc/kcore", "/proc/keys", "/proc/sysrq-trigger", "/proc/timer_list"];
+
+/// Kernel interfaces the machine may read but not change. /proc/sys/net
+/// stays read-only too while the machine shares the host's network.
+pub const PROC_READ_ONLY: &[&str] = &[
+    "/proc/sys", "/proc/acpi", "/proc/apm", "/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/scsi",
+];
+
+/// The only device nodes a machine gets: (name in /dev, major, minor).
+pub const DEVICE_NODES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+    ("net/tun", 10, 200),
+];
+
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("/dev/fd", "/proc/self/fd"),
+    ("/dev/stdin", "/proc/self/fd/0"),
+    ("/dev/stdout", "/proc/self/fd/1"),
+    ("/dev/stderr", "/proc/self/fd/2"),
+    ("/dev/ptmx", "pts/ptmx"),
+];
+
+/// /run/host: what the host tells the machine about itself.
+pub const RUN_HOST: &str = "/run/host";
+pub const NOTIFY_SOCKET: &str = "/run/host/notify";
+const INACCESSIBLE_FILE: &str = "/run/host/inaccessible/reg";
+
+fn inside(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+fn mkdir_p(path: &Path) -> Result<()> {
+    io_step("creating directory", path, fs::DirBuilder::new().recursive(true).mode(0o755).create(path))
+}
+
+fn bind(src: &Path, dst: &Path, flags: MsFlags) -> Result<()> {
+    step("bind-mounting onto", dst, mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | flags, None::<&str>))
+}
+
+fn remount_read_only(path: &Path) -> Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC;
+    step("making read-only", path, mount(None::<&str>, path, None::<&str>, flags, None::<&str>))
+}
+
+/// Step 1: cut propagation to the host, and make the tree a mount point of
+/// its own (pivot_root needs one).
+pub fn isolate(root: &Path) -> Result<()> {
+    let flags = MsFlags::MS_REC | MsFlags::MS_SLAVE;
+    step("changing propagation of", Path::new("/"), mount(None::<&str>, "/", None::<&str>, flags, None::<&str>))?;
+    bind(root, root, MsFlags::MS_REC)
+}
+
+/// Step 2: API file systems, device nodes and /dev links. `console` is the
+/// host's pty slave to show as /dev/console (None: no console device).
+pub fn mount_api(root: &Path, console: Option<&Path>) -> Result<()> {
+    for m in API_MOUNTS {
+        let target = inside(root, m.target);
+        mkdir_p(&target)?;
+        step("mounting", &target, mount(Some(m.fstype), &target, Some(m.fstype), m.flags, m.data))?;
+    }
+    for (name, major, minor) in DEVICE_NODES {
+        let path = inside(root, &format!("/dev/{name}"));
+        if let Some(parent) = path.parent() {
+            mkdir_p(parent)?;
+        }
+        let mode = Mode::from_bits_truncate(0o666);
+        step("creating device node", &path, mknod(&path, SFlag::S_IFCHR, mode, makedev(*major, *minor)))?;
+    }
+    for (link, target) in DEV_LINKS {
+        let path = inside(root, link);
+        io_step("creating symlink", &path, symlink(target, &path))?;
+    }
+    if let Some(pty) = console {
+        let path = inside(root, "/dev/console");
+        io_step("creating", &path, fs::OpenOptions::new().write(true).create(true).mode(0o600).open(&path))?;
+        bind(pty, &path, MsFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// Step 3: /run/host with the host's os-release, the manager's name, and an
+/// inaccessible file used to mask /proc entries. The notify socket is added
+/// by the caller before `restrict` makes the directory read-only.
+pub fn populate_run_host(root: &Path) -> Result<()> {
+    let dir = inside(root, RUN_HOST);
+    mkdir_p(&dir.join("inaccessible"))?;
+    let os_release = fs::read("/etc/os-release").or_else(|_| fs::read("/usr/lib/os-release")).unwrap_or_default();
+    let path = dir.join("os-release");
+    io_step("writing", &path, fs::write(&path, os_release))?;
+    let path = dir.join("container-manager");
+    io_step("writing", &path, fs::write(&path, "berth\n"))?;
+    let path = inside(root, INACCESSIBLE_FILE);
+    io_step("creating", &path, fs::OpenOptions::new().write(true).create(true).mode(0o000).open(&path))?;
+    Ok(())
+}
+
+/// Step 4: masks and read-only parts of /proc, read-only /run/host.
+pub fn restrict(root: &Path) -> Result<()> {
+    let inaccessible = inside(root, INACCESSIBLE_FILE);
+    for p in PROC_MASKED {
+        let target = inside(root, p);
+        if target.exists() {
+            bind(&inaccessible, &target, MsFlags::empty())?;
+            remount_read_only(&target)?;
+        }
+    }
+    for p in PROC_READ_ONLY {
+        let target = inside(root, p);
+        if target.exists() {
+            bind(&target, &target, MsFlags::MS_REC)?;
+            remount_read_only(&target)?;
+        }
+    }
+    let run_host = inside(root, RUN_HOST);
+    bind(&run_host, &run_host, MsFlags::empty())?;
+    remount_read_only(&run_host)
+}
+
+/// Step 5 (host network only): the host's resolver configuration, read-only,
+/// over the tree's /etc/resolv.conf when that is a plain file. A tree whose
+/// resolv.conf is a link (to systemd-resolved's, say) keeps its own.
+pub fn bind_resolv_conf(root: &Path) -> Result<()> {
+    let target = inside(root, "/etc/resolv.conf");
+    let host = Path::new("/etc/resolv.conf");
+    let is_plain_file = fs::symlink_metadata(&target).map(|m| m.is_file()).unwrap_or(false);
+    if is_plain_file && host.exists() {
+        bind(host, &target, MsFlags::empty())?;
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV;
+        step("making read-only", &target, mount(None::<&str>, &target, None::<&str>, flags, None::<&str>))?;
+    }
+    Ok(())
+}
+
+/// Step 6: make the tree the root. pivot_root puts the old root on top of
+/// the new one; detaching it leaves no path back to the host's file system,
+/// so chroot("..") tricks end at the machine's own root.
+pub fn enter(root: &Path) -> Result<()> {
+    step("changing directory to", root, chdir(root))?;
+    step("pivot_root into", root, pivot_root(".", "."))?;
+    step("detaching the host's root from", root, umount2(".", MntFlags::MNT_DETACH))?;
+    step("changing directory to", Path::new("/"), chdir("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_consistent() {
+        // Every nested API mount comes after the mount that contains it.
+        for (i, m) in API_MOUNTS.iter().enumerate() {
+            for later in &API_MOUNTS[i + 1..] {
+                assert!(!m.target.starts_with(&format!("{}/", later.target)), "{} before {}", m.target, later.target);
+            }
+        }
+        assert!(PROC_MASKED.iter().chain(PROC_READ_ONLY).all(|p| p.starts_with("/proc/")));
+        assert!(!DEVICE_NODES.iter().any(|(n, ..)| n.starts_with("sd") || *n == "mem" || *n == "kmsg"));
+        assert_eq!(inside(Path::new("/t"), "/run/host"), PathBuf::from("/t/run/host"));
+    }
+
+    #[test]
+    fn setup_errors_read_as_one_line() {
+        let e = step::<(), Errno>("mounting", Path::new("/t/proc"), Err(Errno::EPERM)).unwrap_err();
+        assert_eq!(e.to_string(), "mounting /t/proc: Operation not permitted");
+    }
+}

@@ -1,0 +1,266 @@
+//! Starting the machine's init: clone into new namespaces and the machine's
+//! cgroup, then (in the child) the setup steps in order, then execve.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{open, OFlag};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::{umask, Mode};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{dup2_stdin, dup2_stdout, dup2_stderr, execve, sethostname, setsid, ForkResult, Pid};
+
+use crate::protocol::{self, Channel, ToChild, ToParent};
+use crate::rootfs::{self, step, SetupError};
+use crate::sys::{self, Cloned};
+use crate::{caps, seccomp};
+
+/// What runs as the machine's PID 1.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// The tree's own init (`berth boot`).
+    Init { path: PathBuf, args: Vec<String> },
+    /// A command under berth's stub init (`berth run`).
+    Command { argv: Vec<String> },
+}
+
+/// Everything the child needs, prepared by the supervisor.
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    pub root: PathBuf,
+    pub hostname: String,
+    /// The pty slave to show as /dev/console; None for --console=pipe.
+    pub console: Option<PathBuf>,
+    pub payload: Payload,
+    pub env: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("opening the machine's cgroup {}: {}", path.display(), source.desc())]
+    OpenCgroup { path: PathBuf, source: nix::Error },
+    #[error("creating the machine's namespaces: {}", crate::util::os_error(.0))]
+    Clone(std::io::Error),
+    #[error("moving the machine into its cgroup {}: {}", path.display(), crate::util::os_error(source))]
+    MoveToCgroup { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Protocol(#[from] protocol::ProtocolError),
+    #[error("creating the channel to the machine's init: {0}")]
+    Channel(nix::Error),
+}
+
+const NAMESPACES: libc::c_int = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+
+/// Start the machine's PID 1 inside `cgroup`. Returns its pid (on the host)
+/// and the supervisor's end of the channel, after the child was told to go.
+pub fn start(spec: &ChildSpec, cgroup: &Path) -> Result<(Pid, Channel), SpawnError> {
+    let (parent, child) = protocol::pair().map_err(SpawnError::Channel)?;
+    let cgroup_fd = open(cgroup, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|source| SpawnError::OpenCgroup { path: cgroup.into(), source })?;
+    // Preferred: the child is born in its cgroup, and its cgroup namespace is
+    // rooted there (clone3 with CLONE_INTO_CGROUP, Linux 5.7). Otherwise the
+    // parent moves it, and the child unshares its cgroup namespace after.
+    let (cloned, in_cgroup) =
+        match sys::clone_process(NAMESPACES | libc::CLONE_NEWCGROUP, Some(cgroup_fd.as_fd())) {
+            Ok(c) => (c, true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::E2BIG)) => {
+                (sys::clone_process(NAMESPACES, None).map_err(SpawnError::Clone)?, false)
+            }
+            Err(e) => return Err(SpawnError::Clone(e)),
+        };
+    match cloned {
+        Cloned::Child => {
+            drop(parent);
+            child_main(spec, child, !in_cgroup)
+        }
+        Cloned::Parent { child: pid } => {
+            drop(child);
+            let pid = Pid::from_raw(pid);
+            if !in_cgroup {
+                let procs = cgroup.join("cgroup.procs");
+                if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                    return Err(SpawnError::MoveToCgroup { path: cgroup.into(), source: e });
+                }
+            }
+            parent.send_to_child(ToChild::Go)?;
+            Ok((pid, parent))
+        }
+    }
+}
+
+/// The child: set up, then become the init. Never returns.
+fn child_main(spec: &ChildSpec, chan: Channel, unshare_cgroup: bool) -> ! {
+    let err = match setup_and_exec(spec, &chan, unshare_cgroup) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = chan.send_to_parent(ToParent::Failed(err.to_string()));
+    std::process::exit(crate::exit::EXIT_FAILURE)
+}
+
+fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Result<Infallible, SetupError> {
+    let here = Path::new("/");
+    // Die with the supervisor: a SIGKILLed berth must not leave a machine
+    // running without anyone to stop it. Set before waiting for Go, so a
+    // supervisor that dies in between is noticed as end-of-file below.
+    step("setting the parent-death signal of", here, nix::sys::prctl::set_pdeathsig(Signal::SIGKILL))?;
+    match chan.recv_go() {
+        Ok(true) => {}
+        _ => std::process::exit(crate::exit::EXIT_FAILURE),
+    }
+    if unshare_cgroup {
+        step("creating the cgroup namespace of", here, unshare(CloneFlags::CLONE_NEWCGROUP))?;
+    }
+    // Modes of the nodes created below are exactly as written.
+    umask(Mode::empty());
+
+    let root = &spec.root;
+    // Mounts first, while the host's files (os-release, the console pty)
+    // are still reachable; pivot_root last.
+    rootfs::isolate(root)?;
+    rootfs::mount_api(root, spec.console.as_deref())?;
+    rootfs::populate_run_host(root)?;
+    if matches!(spec.payload, Payload::Init { .. }) {
+        // Bound before /run/host turns read-only; the supervisor keeps the
+        // only other reference, so the socket lives as long as it needs.
+        let path = root.join(rootfs::NOTIFY_SOCKET.trim_start_matches('/'));
+        let sock = rootfs_io("binding the notify socket", &path, crate::notify::bind(&path))?;
+        chan.send_to_parent(ToParent::NotifySocket(OwnedFd::from(sock)))
+            .map_err(|_| SetupError { what: "passing the notify socket", path, errno: nix::errno::Errno::EPIPE })?;
+    }
+    rootfs::restrict(root)?;
+    // The machine shares the host's network (private networks come later),
+    // so it uses the host's resolver configuration.
+    rootfs::bind_resolv_conf(root)?;
+    rootfs::enter(root)?;
+
+    step("setting the hostname of", here, sethostname(&spec.hostname))?;
+    // A session of its own, with the console as controlling terminal.
+    step("creating a session for", here, setsid())?;
+    if spec.console.is_some() {
+        let console = Path::new("/dev/console");
+        let fd = step("opening", console, open(console, OFlag::O_RDWR | OFlag::O_NOCTTY, Mode::empty()))?;
+        rootfs_io("making the controlling terminal", console, sys::set_controlling_tty(fd.as_fd()))?;
+        step("connecting stdin to", console, dup2_stdin(&fd))?;
+        step("connecting stdout to", console, dup2_stdout(&fd))?;
+        step("connecting stderr to", console, dup2_stderr(&fd))?;
+    }
+    umask(Mode::from_bits_truncate(0o022));
+    // Rust ignores SIGPIPE and berth blocks some signals: neither may be
+    // inherited by the init.
+    reset_signals();
+    rootfs_io("marking inherited descriptors close-on-exec in", here, sys::cloexec_from(3))?;
+
+    // Privileges last: capability drop needs CAP_SETPCAP, and the seccomp
+    // filter is installed without no_new_privs, which needs CAP_SYS_ADMIN.
+    caps::drop_bounding(false).map_err(|_| SetupError {
+        what: "dropping capabilities in",
+        path: here.into(),
+        errno: nix::errno::Errno::EPERM,
+    })?;
+    rootfs_io("installing the seccomp filter in", here, seccomp::install())?;
+
+    match &spec.payload {
+        Payload::Init { path, args } => {
+            let argv: Vec<String> = std::iter::once(path.to_string_lossy().into_owned()).chain(args.iter().cloned()).collect();
+            let err = execve(&cstring(&path.to_string_lossy()), &cstrings(&argv), &cstrings(&spec.env)).unwrap_err();
+            Err(SetupError { what: "executing", path: path.clone(), errno: err })
+        }
+        Payload::Command { argv } => stub_init(argv, &spec.env, chan),
+    }
+}
+
+fn rootfs_io<T>(what: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T, SetupError> {
+    r.map_err(|e| SetupError {
+        what,
+        path: path.to_path_buf(),
+        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })
+}
+
+fn reset_signals() {
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    sys::default_sigpipe();
+}
+
+fn cstring(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).expect("no NUL left")
+}
+
+fn cstrings(v: &[String]) -> Vec<CString> {
+    v.iter().map(|s| cstring(s)).collect()
+}
+
+/// Signals the stub init passes on to the command.
+const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCONT,
+];
+
+/// Exit code of a command that could not be found / executed (as a shell's).
+const EXIT_NOT_FOUND: i32 = 127;
+const EXIT_NOT_EXECUTABLE: i32 = 126;
+
+/// `berth run`: PID 1 stays berth code that starts the command, reaps every
+/// orphan, forwards signals to the command, and exits with its status.
+fn stub_init(argv: &[String], env: &[String], chan: &Channel) -> Result<Infallible, SetupError> {
+    let _ = nix::sys::prctl::set_name(c"berth-stub");
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    FORWARDED.iter().for_each(|s| set.add(*s));
+    step("blocking signals in", Path::new("/"), sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None))?;
+    let path = find_in_path(&argv[0], env);
+    let command = match sys::fork_single_threaded() {
+        Ok(ForkResult::Child) => {
+            reset_signals();
+            let err = execve(&cstring(&path.to_string_lossy()), &cstrings(argv), &cstrings(env)).unwrap_err();
+            eprintln!("berth: {}: {}", argv[0], err.desc());
+            std::process::exit(if err == nix::errno::Errno::ENOENT { EXIT_NOT_FOUND } else { EXIT_NOT_EXECUTABLE });
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => return Err(SetupError { what: "starting", path, errno: e }),
+    };
+    let _ = chan.send_to_parent(ToParent::Started);
+    loop {
+        let Ok(sig) = set.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = nix::sys::signal::kill(command, sig);
+            continue;
+        }
+        // Reap everything that ended; exit when the command did.
+        loop {
+            match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == command => std::process::exit(code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => std::process::exit(128 + sig as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// Resolve a command name with the machine's PATH (from `env`).
+fn find_in_path(name: &str, env: &[String]) -> PathBuf {
+    if name.contains('/') {
+        return PathBuf::from(name);
+    }
+    let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/bin:/bin");
+    path_var
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+

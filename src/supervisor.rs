@@ -1,0 +1,348 @@
+//! The supervisor: set up once, then boot the machine and run one event
+//! loop per boot (child exit, signals, notify messages, console traffic)
+//! until an `ExitReason` decides what happens next.
+
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{read, Pid};
+
+use crate::cgroup;
+use crate::console::{self, ConsoleMode, EscapeDetector, Pty, RawTerminal};
+use crate::exit::{ExitReason, Next};
+use crate::name::MachineName;
+use crate::notify;
+use crate::protocol::{Channel, ToParent};
+use crate::spawn::{self, ChildSpec};
+
+/// A machine ready to be started: checked input, nothing created yet.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: MachineName,
+    pub child: ChildSpec,
+    pub console: ConsoleMode,
+    /// Wait for the init's READY=1 before reporting ready upstream.
+    pub notify_ready: bool,
+    /// Signal asking the init for an orderly shutdown.
+    pub kill_signal: libc::c_int,
+    /// berth runs as a unit's main process: split the unit's cgroup, and
+    /// leave reboots to systemd (exit 133).
+    pub keep_unit: bool,
+}
+
+/// Run the machine until it ends for good; returns berth's exit code.
+pub fn run(plan: &Plan) -> anyhow::Result<i32> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let cg_mount = cgroup::find_cgroup2(&mountinfo).ok_or(cgroup::CgroupError::NoCgroup2)?;
+    let own_cgroup = cgroup::own_cgroup(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default())
+        .ok_or(cgroup::CgroupError::NoOwnCgroup)?;
+
+    // Signals become events of the loop; they stay blocked in berth (the
+    // child unblocks them before it executes the init).
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD, Signal::SIGWINCH] {
+        signals.add(s);
+    }
+    signals.thread_block().context("blocking signals")?;
+    let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("creating a signalfd")?;
+
+    let pty = match plan.console {
+        ConsoleMode::Pipe => None,
+        _ => Some(console::open_pty().context("allocating the console pty")?),
+    };
+    let mut child = plan.child.clone();
+    child.console = pty.as_ref().map(|p| p.slave_path.clone());
+    let stdin = std::io::stdin();
+    let _raw = match (plan.console, &pty) {
+        (ConsoleMode::Interactive, Some(p)) => {
+            console::copy_window_size(stdin.as_fd(), p.master.as_fd());
+            eprintln!(
+                "Spawning machine {} on {}.\r\nPress Ctrl-] three times within 1s to kill the machine.\r",
+                plan.name,
+                child.root.display()
+            );
+            Some(RawTerminal::enter(stdin.as_fd()).context("putting the terminal in raw mode")?)
+        }
+        _ => None,
+    };
+
+    loop {
+        let cg = cgroup::prepare(&cg_mount, &own_cgroup, plan.keep_unit, &plan.name)?;
+        let started = spawn::start(&child, &cg.payload);
+        let outcome = match started {
+            Ok((leader, chan)) => Boot::new(plan, leader, chan, &sfd, pty.as_ref()).run(),
+            Err(e) => Err(anyhow::Error::from(e)),
+        };
+        // The machine is gone (or never came): its cgroup goes too.
+        let removed = cg.remove();
+        let outcome = outcome?;
+        removed?;
+        match outcome.reason.next(plan.keep_unit, outcome.stopping) {
+            Next::Exit(code) => return Ok(code),
+            Next::BootAgain => {
+                notify::upstream(false, Some(&format!("Rebooting machine {}", plan.name)));
+                continue;
+            }
+        }
+    }
+}
+
+struct Outcome {
+    reason: ExitReason,
+    stopping: bool,
+}
+
+/// The state of one boot.
+struct Boot<'a> {
+    plan: &'a Plan,
+    leader: Pid,
+    chan: Option<Channel>,
+    notify: Option<OwnedFd>,
+    sfd: &'a SignalFd,
+    pty: Option<&'a Pty>,
+    stop_requests: u32,
+    aborted: bool,
+    ready_sent: bool,
+    setup_error: Option<String>,
+    escape: EscapeDetector,
+    stdin_open: bool,
+    forward_output: bool,
+}
+
+impl<'a> Boot<'a> {
+    fn new(plan: &'a Plan, leader: Pid, chan: Channel, sfd: &'a SignalFd, pty: Option<&'a Pty>) -> Self {
+        Boot {
+            plan,
+            leader,
+            chan: Some(chan),
+            notify: None,
+            sfd,
+            pty,
+            stop_requests: 0,
+            aborted: false,
+            ready_sent: false,
+            setup_error: None,
+            escape: EscapeDetector::default(),
+            stdin_open: plan.console == ConsoleMode::Interactive,
+            forward_output: matches!(plan.console, ConsoleMode::Interactive | ConsoleMode::ReadOnly),
+        }
+    }
+
+    fn run(mut self) -> anyhow::Result<Outcome> {
+        notify::upstream(false, Some(&format!("Booting machine {}", self.plan.name)));
+        loop {
+            let stdin = std::io::stdin();
+            let mut sources: Vec<(Source, BorrowedFd)> = vec![(Source::Signal, self.sfd.as_fd())];
+            if let Some(c) = &self.chan {
+                sources.push((Source::Channel, c.fd()));
+            }
+            if let Some(n) = &self.notify {
+                sources.push((Source::Notify, n.as_fd()));
+            }
+            if let Some(p) = self.pty {
+                sources.push((Source::Console, p.master.as_fd()));
+                if self.stdin_open {
+                    sources.push((Source::Stdin, stdin.as_fd()));
+                }
+            }
+            let mut fds: Vec<PollFd> = sources.iter().map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => r.context("waiting for events")?,
+            };
+            let ready: Vec<Source> = sources
+                .iter()
+                .zip(&fds)
+                .filter(|(_, f)| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|((s, _), _)| *s)
+                .collect();
+            drop(fds);
+            for source in ready {
+                if let Some(outcome) = self.handle(source)? {
+                    return Ok(outcome);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, source: Source) -> anyhow::Result<Option<Outcome>> {
+        match source {
+            Source::Signal => {
+                while let Ok(Some(info)) = self.sfd.read_signal() {
+                    if let Some(outcome) = self.on_signal(info.ssi_signo as i32)? {
+                        return Ok(Some(outcome));
+                    }
+                }
+            }
+            Source::Channel => self.on_channel()?,
+            Source::Notify => self.on_notify(),
+            Source::Console => self.copy_console_output(),
+            Source::Stdin => self.copy_input(),
+        }
+        Ok(None)
+    }
+
+    fn on_signal(&mut self, signo: i32) -> anyhow::Result<Option<Outcome>> {
+        match Signal::try_from(signo) {
+            Ok(Signal::SIGCHLD) => {
+                let status = match waitpid(self.leader, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => return Ok(None),
+                    Ok(s) => s,
+                };
+                let Some(mut reason) = ExitReason::from_wait(status) else { return Ok(None) };
+                self.copy_console_output();
+                if let Some(msg) = self.setup_error.take() {
+                    bail!("machine \"{}\": setting up: {msg}", self.plan.name);
+                }
+                if self.aborted {
+                    reason = ExitReason::Aborted;
+                }
+                return Ok(Some(Outcome {
+                    reason,
+                    stopping: self.stop_requests > 0,
+                }));
+            }
+            Ok(Signal::SIGTERM | Signal::SIGINT) => {
+                self.stop_requests += 1;
+                // Before the init runs, a polite signal would be lost: kill.
+                let polite = self.stop_requests == 1 && self.chan.is_none();
+                let sig = if polite { self.plan.kill_signal } else { libc::SIGKILL };
+                if polite {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                }
+                let _ = crate::sys::send_signal(self.leader.as_raw(), sig);
+            }
+            Ok(Signal::SIGWINCH) => {
+                if let Some(p) = self.pty {
+                    console::copy_window_size(std::io::stdin().as_fd(), p.master.as_fd());
+                }
+            }
+            _ => {} // SIGHUP: berth's terminal went away; the machine goes on.
+        }
+        Ok(None)
+    }
+
+    fn on_channel(&mut self) -> anyhow::Result<()> {
+        let Some(chan) = &self.chan else { return Ok(()) };
+        match chan.recv_from_child() {
+            Ok(Some(ToParent::NotifySocket(fd))) => self.notify = Some(fd),
+            Ok(Some(ToParent::Failed(msg))) => {
+                self.setup_error = Some(msg);
+                self.chan = None;
+            }
+            Ok(Some(ToParent::Started)) | Ok(None) => {
+                self.chan = None;
+                if !self.plan.notify_ready || self.notify.is_none() {
+                    self.send_ready(None);
+                }
+            }
+            Err(e) => {
+                self.chan = None;
+                self.setup_error = Some(e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn on_notify(&mut self) {
+        let Some(sock) = self.notify.take() else { return };
+        while let Ok((pid, text)) = notify::receive(&sock) {
+            // Only the machine's PID 1 speaks for the machine.
+            if pid != Some(self.leader.as_raw()) {
+                continue;
+            }
+            let msg = notify::parse(&text);
+            if msg.ready && self.plan.notify_ready {
+                self.send_ready(msg.status.as_deref());
+            } else if let Some(status) = msg.status.as_deref() {
+                notify::upstream(false, Some(status));
+            }
+        }
+        self.notify = Some(sock);
+    }
+
+    fn send_ready(&mut self, status: Option<&str>) {
+        if !self.ready_sent {
+            self.ready_sent = true;
+            let default = format!("Machine {} running", self.plan.name);
+            notify::upstream(true, Some(status.unwrap_or(&default)));
+        }
+    }
+
+    fn copy_console_output(&mut self) {
+        let Some(p) = self.pty else { return };
+        let mut buf = [0u8; 65536];
+        loop {
+            let mut fds = [PollFd::new(p.master.as_fd(), PollFlags::POLLIN)];
+            if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+                return;
+            }
+            let n = match read(p.master.as_fd(), &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if self.forward_output {
+                let mut out = std::io::stdout().lock();
+                if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                    self.forward_output = false; // stdout is gone: keep draining
+                }
+            }
+        }
+    }
+
+    fn copy_input(&mut self) {
+        let Some(p) = self.pty else { return };
+        let mut buf = [0u8; 4096];
+        let n = match read(std::io::stdin().as_fd(), &mut buf) {
+            Ok(0) | Err(_) => {
+                self.stdin_open = false;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if self.escape.feed(&buf[..n], Instant::now()) {
+            eprint!("\r\nberth: machine {} killed from the console\r\n", self.plan.name);
+            self.aborted = true;
+            let _ = crate::sys::send_signal(self.leader.as_raw(), libc::SIGKILL);
+            return;
+        }
+        let _ = nix::unistd::write(&p.master, &buf[..n]);
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    Signal,
+    Channel,
+    Notify,
+    Console,
+    Stdin,
+}
+
+/// The fd of berth's standard input, for the console's raw mode.
+pub fn stdin_is_terminal() -> bool {
+    nix::unistd::isatty(std::io::stdin()).unwrap_or(false) && nix::unistd::isatty(std::io::stdout()).unwrap_or(false)
+}
+
+/// The host's machine id, for the stable ids of machines without their own.
+pub fn host_machine_id() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/machine-id").ok()?;
+    let t = text.trim();
+    crate::tree::parse_machine_id(t).map(|_| t.to_string())
+}
+
+/// Notice printed when there is no system bus (no machined to register with).
+pub fn registration_notice(name: &MachineName) -> Option<String> {
+    let bus = Path::new("/run/dbus/system_bus_socket");
+    (!bus.exists()).then(|| {
+        format!("berth: no D-Bus system bus on this host; machine \"{name}\" is not registered with systemd-machined")
+    })
+}
+
