@@ -66,7 +66,14 @@ mod tests {
     #[test]
     fn drops_dangerous_keeps_needed() {
         let drop = to_drop(false);
-        for c in [CAP_SYS_MODULE, CAP_SYS_TIME, CAP_SYS_RAWIO, CAP_MAC_ADMIN, CAP_BPF, CAP_NET_ADMIN] {
+        for c in [
+            CAP_SYS_MODULE,
+            CAP_SYS_TIME,
+            CAP_SYS_RAWIO,
+            CAP_MAC_ADMIN,
+            CAP_BPF,
+            CAP_NET_ADMIN,
+        ] {
             assert!(drop.contains(&c), "{c} must be dropped");
         }
         for c in KEPT {

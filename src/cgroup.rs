@@ -65,12 +65,18 @@ pub fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
 }
 
 fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// The cgroup2 path of the process, from a /proc/PID/cgroup text.
 pub fn own_cgroup(proc_cgroup: &str) -> Option<String> {
-    proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
+    proc_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
 }
 
 /// The machine's cgroup, created fresh for each boot.

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::console::ConsoleMode;
 
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about = "Boot whole operating-system trees as containers, managed by systemd")]
+#[command(
+    name = "berth",
+    version,
+    about = "Boot whole operating-system trees as containers, managed by systemd"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -78,7 +82,8 @@ mod tests {
 
     #[test]
     fn parses_boot_and_run() {
-        let cli = Cli::try_parse_from(["berth", "boot", "debian", "--console=pipe", "--", "--log-level=debug"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["berth", "boot", "debian", "--console=pipe", "--", "--log-level=debug"]).unwrap();
         let Command::Boot(b) = cli.command else { panic!() };
         assert_eq!(b.machine.name.as_deref(), Some("debian"));
         assert_eq!(b.machine.console, Some(ConsoleMode::Pipe));

@@ -24,8 +24,19 @@ pub fn boot(args: BootArgs) -> anyhow::Result<i32> {
     let init = tree.find_init(args.init.as_deref())?;
     let mut env = base_env(&tree, console);
     env.push(format!("NOTIFY_SOCKET={}", crate::rootfs::NOTIFY_SOCKET));
-    let payload = Payload::Init { path: init, args: args.args };
-    start(tree, console, payload, env, args.notify_ready == YesNo::Yes, kill_signal, args.machine.keep_unit)
+    let payload = Payload::Init {
+        path: init,
+        args: args.args,
+    };
+    start(
+        tree,
+        console,
+        payload,
+        env,
+        args.notify_ready == YesNo::Yes,
+        kill_signal,
+        args.machine.keep_unit,
+    )
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
@@ -33,7 +44,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut env = base_env(&tree, console);
     env.extend(["HOME=/root", "USER=root", "LOGNAME=root"].map(String::from));
     let payload = Payload::Command { argv: args.command };
-    start(tree, console, payload, env, false, libc::SIGTERM, args.machine.keep_unit)
+    start(
+        tree,
+        console,
+        payload,
+        env,
+        false,
+        libc::SIGTERM,
+        args.machine.keep_unit,
+    )
 }
 
 /// Input checks shared by boot and run, in the order a user fixes them.
@@ -43,7 +62,9 @@ fn open_machine(m: &MachineArgs, verb: &str, boot: bool) -> anyhow::Result<(Tree
         bail!("berth {verb} must be run as root (it creates namespaces, mounts and cgroups)");
     }
     let tree = Tree::open(name, root)?;
-    let console = m.console.unwrap_or_else(|| ConsoleMode::default_for(boot, supervisor::stdin_is_terminal()));
+    let console = m
+        .console
+        .unwrap_or_else(|| ConsoleMode::default_for(boot, supervisor::stdin_is_terminal()));
     Ok((tree, console))
 }
 
@@ -56,7 +77,10 @@ fn base_env(tree: &Tree, console: ConsoleMode) -> Vec<String> {
     vec![
         PATH.to_string(),
         "container=berth".to_string(),
-        format!("container_uuid={}", tree.container_uuid(supervisor::host_machine_id().as_deref())),
+        format!(
+            "container_uuid={}",
+            tree.container_uuid(supervisor::host_machine_id().as_deref())
+        ),
         format!("TERM={term}"),
     ]
 }

@@ -54,7 +54,11 @@ pub fn open_pty() -> nix::Result<Pty> {
     grantpt(&master)?;
     unlockpt(&master)?;
     let slave_path = PathBuf::from(ptsname_r(&master)?);
-    let slave = open(&slave_path, OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let slave = open(
+        &slave_path,
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
     Ok(Pty {
         master,
         slave,
@@ -83,7 +87,9 @@ impl RawTerminal {
         cfmakeraw(&mut raw);
         tcsetattr(fd, SetArg::TCSANOW, &raw)?;
         Ok(RawTerminal {
-            fd: fd.try_clone_to_owned().map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))?,
+            fd: fd
+                .try_clone_to_owned()
+                .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))?,
             saved,
         })
     }
@@ -163,7 +169,12 @@ mod tests {
     fn pty_window_size_is_copied() {
         let a = open_pty().unwrap();
         let b = open_pty().unwrap();
-        let ws = libc::winsize { ws_row: 33, ws_col: 101, ws_xpixel: 0, ws_ypixel: 0 };
+        let ws = libc::winsize {
+            ws_row: 33,
+            ws_col: 101,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         sys::set_winsize(a.master.as_fd(), &ws).unwrap();
         copy_window_size(a.slave.as_fd(), b.master.as_fd());
         let got = sys::get_winsize(b.slave.as_fd()).unwrap();

@@ -75,14 +75,8 @@ mod tests {
         let r = |s| ExitReason::from_wait(s).unwrap();
         assert_eq!(r(WaitStatus::Exited(p, 0)), ExitReason::Poweroff);
         assert_eq!(r(WaitStatus::Exited(p, 3)), ExitReason::Exited(3));
-        assert_eq!(
-            r(WaitStatus::Signaled(p, Signal::SIGINT, false)),
-            ExitReason::Poweroff
-        );
-        assert_eq!(
-            r(WaitStatus::Signaled(p, Signal::SIGHUP, false)),
-            ExitReason::Reboot
-        );
+        assert_eq!(r(WaitStatus::Signaled(p, Signal::SIGINT, false)), ExitReason::Poweroff);
+        assert_eq!(r(WaitStatus::Signaled(p, Signal::SIGHUP, false)), ExitReason::Reboot);
         assert_eq!(
             r(WaitStatus::Signaled(p, Signal::SIGKILL, false)),
             ExitReason::Killed(9)

@@ -26,12 +26,23 @@ pub struct MachineLock {
 
 pub fn acquire(dir: &Path, name: &MachineName) -> Result<MachineLock, LockError> {
     let path = dir.join(format!("{name}.lock"));
-    let io = |source| LockError::Io { path: path.clone(), source };
+    let io = |source| LockError::Io {
+        path: path.clone(),
+        source,
+    };
     fs::create_dir_all(dir).map_err(io)?;
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(MachineLock { _lock: lock }),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(LockError::Held { name: name.clone(), path }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(LockError::Held {
+            name: name.clone(),
+            path,
+        }),
         Err((_, e)) => Err(io(std::io::Error::from(e))),
     }
 }
@@ -48,7 +59,10 @@ mod tests {
         let e = acquire(dir.path(), &name).err().unwrap();
         assert_eq!(
             e.to_string(),
-            format!("machine \"web\" is already running (lock {}/web.lock is held)", dir.path().display())
+            format!(
+                "machine \"web\" is already running (lock {}/web.lock is held)",
+                dir.path().display()
+            )
         );
         drop(first);
         acquire(dir.path(), &name).unwrap();

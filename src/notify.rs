@@ -29,7 +29,9 @@ pub fn receive(sock: &OwnedFd) -> nix::Result<(Option<libc::pid_t>, String)> {
             match c {
                 ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
                 // Descriptors sent along (FDSTORE=1) are not kept: close them.
-                ControlMessageOwned::ScmRights(fds) => fds.into_iter().for_each(|f| drop(crate::sys::own_received_fd(f))),
+                ControlMessageOwned::ScmRights(fds) => {
+                    fds.into_iter().for_each(|f| drop(crate::sys::own_received_fd(f)))
+                }
                 _ => {}
             }
         }
@@ -81,7 +83,10 @@ mod tests {
     fn parses_fields() {
         assert_eq!(
             parse("READY=1\nSTATUS=Startup finished in 400ms.\nX=y"),
-            Message { ready: true, status: Some("Startup finished in 400ms.".into()) }
+            Message {
+                ready: true,
+                status: Some("Startup finished in 400ms.".into())
+            }
         );
         assert_eq!(parse("READY=0\nWATCHDOG=1"), Message::default());
     }

@@ -45,6 +45,9 @@ const MAX_MESSAGE: usize = 4096;
 
 pub struct Channel(OwnedFd);
 
+/// One received packet: tag, payload, and the descriptor passed with it.
+type Packet = (u8, Vec<u8>, Option<OwnedFd>);
+
 pub fn pair() -> nix::Result<(Channel, Channel)> {
     let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
     Ok((Channel(a), Channel(b)))
@@ -66,12 +69,17 @@ impl Channel {
     }
 
     /// Receive one packet: None at end-of-file.
-    fn recv_raw(&self) -> Result<Option<(u8, Vec<u8>, Option<OwnedFd>)>, ProtocolError> {
+    fn recv_raw(&self) -> Result<Option<Packet>, ProtocolError> {
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut cmsg = nix::cmsg_space!([RawFd; 1]);
         let (len, fd) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(self.0.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+            let msg = recvmsg::<()>(
+                self.0.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )?;
             let mut fd = None;
             for c in msg.cmsgs()? {
                 if let ControlMessageOwned::ScmRights(fds) = c {
@@ -142,8 +150,13 @@ mod tests {
         assert!(child.recv_go().unwrap());
         let (r, _w) = nix::unistd::pipe().unwrap();
         child.send_to_parent(ToParent::NotifySocket(r)).unwrap();
-        child.send_to_parent(ToParent::Failed("mounting /proc: Operation not permitted".into())).unwrap();
-        assert!(matches!(parent.recv_from_child().unwrap(), Some(ToParent::NotifySocket(_))));
+        child
+            .send_to_parent(ToParent::Failed("mounting /proc: Operation not permitted".into()))
+            .unwrap();
+        assert!(matches!(
+            parent.recv_from_child().unwrap(),
+            Some(ToParent::NotifySocket(_))
+        ));
         match parent.recv_from_child().unwrap() {
             Some(ToParent::Failed(t)) => assert_eq!(t, "mounting /proc: Operation not permitted"),
             other => panic!("{other:?}"),
@@ -151,7 +164,10 @@ mod tests {
         // A wrong message in the wrong direction is an error that says so.
         parent.send_to_parent(ToParent::Failed("x".into())).unwrap();
         let e = child.recv_go().unwrap_err();
-        assert_eq!(e.to_string(), "unexpected message from the machine's init (tag 3, expected go)");
+        assert_eq!(
+            e.to_string(),
+            "unexpected message from the machine's init (tag 3, expected go)"
+        );
         drop(child);
         assert!(parent.recv_from_child().unwrap().is_none());
     }

@@ -6,12 +6,12 @@
 //! Paths in the tables are inside the machine; `root` is the tree on the host.
 
 use std::fs;
-use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{mknod, makedev, Mode, SFlag};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root};
 
 /// A failed setup step, as the child reports it to the supervisor.
@@ -34,7 +34,11 @@ pub(crate) fn step<T, E: Into<Errno>>(what: &'static str, path: &Path, r: std::r
 }
 
 fn io_step<T>(what: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T> {
-    step(what, path, r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+    step(
+        what,
+        path,
+        r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+    )
 }
 
 struct ApiMount {
@@ -50,26 +54,84 @@ const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
 /// API file systems, mounted in this order (a later target may lie inside an
 /// earlier mount: /sys/fs/cgroup in /sys, /dev/pts in /dev).
 const API_MOUNTS: &[ApiMount] = &[
-    ApiMount { fstype: "proc", target: "/proc", flags: NOSUID_NODEV_NOEXEC, data: None },
-    ApiMount { fstype: "sysfs", target: "/sys", flags: NOSUID_NODEV_NOEXEC.union(MsFlags::MS_RDONLY), data: None },
+    ApiMount {
+        fstype: "proc",
+        target: "/proc",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+    ApiMount {
+        fstype: "sysfs",
+        target: "/sys",
+        flags: NOSUID_NODEV_NOEXEC.union(MsFlags::MS_RDONLY),
+        data: None,
+    },
     // Inside the machine's cgroup namespace this shows the machine's own
     // cgroup as the root, for its systemd to manage.
-    ApiMount { fstype: "cgroup2", target: "/sys/fs/cgroup", flags: NOSUID_NODEV_NOEXEC, data: None },
-    ApiMount { fstype: "tmpfs", target: "/dev", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_STRICTATIME), data: Some("mode=755,size=4m") },
-    ApiMount { fstype: "devpts", target: "/dev/pts", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC), data: Some("newinstance,ptmxmode=0666,mode=620,gid=5") },
-    ApiMount { fstype: "tmpfs", target: "/dev/shm", flags: NOSUID_NODEV.union(MsFlags::MS_STRICTATIME), data: Some("mode=1777") },
-    ApiMount { fstype: "mqueue", target: "/dev/mqueue", flags: NOSUID_NODEV_NOEXEC, data: None },
-    ApiMount { fstype: "tmpfs", target: "/run", flags: NOSUID_NODEV.union(MsFlags::MS_STRICTATIME), data: Some("mode=755,size=20%") },
-    ApiMount { fstype: "tmpfs", target: "/tmp", flags: NOSUID_NODEV.union(MsFlags::MS_STRICTATIME), data: Some("mode=1777") },
+    ApiMount {
+        fstype: "cgroup2",
+        target: "/sys/fs/cgroup",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+    ApiMount {
+        fstype: "tmpfs",
+        target: "/dev",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_STRICTATIME),
+        data: Some("mode=755,size=4m"),
+    },
+    ApiMount {
+        fstype: "devpts",
+        target: "/dev/pts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: Some("newinstance,ptmxmode=0666,mode=620,gid=5"),
+    },
+    ApiMount {
+        fstype: "tmpfs",
+        target: "/dev/shm",
+        flags: NOSUID_NODEV.union(MsFlags::MS_STRICTATIME),
+        data: Some("mode=1777"),
+    },
+    ApiMount {
+        fstype: "mqueue",
+        target: "/dev/mqueue",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+    ApiMount {
+        fstype: "tmpfs",
+        target: "/run",
+        flags: NOSUID_NODEV.union(MsFlags::MS_STRICTATIME),
+        data: Some("mode=755,size=20%"),
+    },
+    ApiMount {
+        fstype: "tmpfs",
+        target: "/tmp",
+        flags: NOSUID_NODEV.union(MsFlags::MS_STRICTATIME),
+        data: Some("mode=1777"),
+    },
 ];
 
 /// Kernel interfaces hidden behind an empty, inaccessible file.
-pub const PROC_MASKED: &[&str] = &["/proc/kallsyms", "/proc/kcore", "/proc/keys", "/proc/sysrq-trigger", "/proc/timer_list"];
+pub const PROC_MASKED: &[&str] = &[
+    "/proc/kallsyms",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/sysrq-trigger",
+    "/proc/timer_list",
+];
 
 /// Kernel interfaces the machine may read but not change. /proc/sys/net
 /// stays read-only too while the machine shares the host's network.
 pub const PROC_READ_ONLY: &[&str] = &[
-    "/proc/sys", "/proc/acpi", "/proc/apm", "/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/scsi",
+    "/proc/sys",
+    "/proc/acpi",
+    "/proc/apm",
+    "/proc/asound",
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/scsi",
 ];
 
 /// The only device nodes a machine gets: (name in /dev, major, minor).
@@ -94,30 +156,58 @@ const DEV_LINKS: &[(&str, &str)] = &[
 /// /run/host: what the host tells the machine about itself.
 pub const RUN_HOST: &str = "/run/host";
 pub const NOTIFY_SOCKET: &str = "/run/host/notify";
+const INACCESSIBLE_DIR: &str = "/run/host/inaccessible";
 const INACCESSIBLE_FILE: &str = "/run/host/inaccessible/reg";
+
+/// Mode-0 nodes of every type in /run/host/inaccessible. The machine's
+/// systemd links /run/systemd/inaccessible there and masks paths with them
+/// (ProtectHome= and friends need `dir`), so all must exist.
+const INACCESSIBLE_NODES: &[(&str, SFlag)] = &[
+    ("reg", SFlag::S_IFREG),
+    ("fifo", SFlag::S_IFIFO),
+    ("sock", SFlag::S_IFSOCK),
+    ("chr", SFlag::S_IFCHR),
+    ("blk", SFlag::S_IFBLK),
+];
 
 fn inside(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
 fn mkdir_p(path: &Path) -> Result<()> {
-    io_step("creating directory", path, fs::DirBuilder::new().recursive(true).mode(0o755).create(path))
+    io_step(
+        "creating directory",
+        path,
+        fs::DirBuilder::new().recursive(true).mode(0o755).create(path),
+    )
 }
 
 fn bind(src: &Path, dst: &Path, flags: MsFlags) -> Result<()> {
-    step("bind-mounting onto", dst, mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | flags, None::<&str>))
+    step(
+        "bind-mounting onto",
+        dst,
+        mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | flags, None::<&str>),
+    )
 }
 
 fn remount_read_only(path: &Path) -> Result<()> {
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC;
-    step("making read-only", path, mount(None::<&str>, path, None::<&str>, flags, None::<&str>))
+    step(
+        "making read-only",
+        path,
+        mount(None::<&str>, path, None::<&str>, flags, None::<&str>),
+    )
 }
 
 /// Step 1: cut propagation to the host, and make the tree a mount point of
 /// its own (pivot_root needs one).
 pub fn isolate(root: &Path) -> Result<()> {
     let flags = MsFlags::MS_REC | MsFlags::MS_SLAVE;
-    step("changing propagation of", Path::new("/"), mount(None::<&str>, "/", None::<&str>, flags, None::<&str>))?;
+    step(
+        "changing propagation of",
+        Path::new("/"),
+        mount(None::<&str>, "/", None::<&str>, flags, None::<&str>),
+    )?;
     bind(root, root, MsFlags::MS_REC)
 }
 
@@ -127,7 +217,11 @@ pub fn mount_api(root: &Path, console: Option<&Path>) -> Result<()> {
     for m in API_MOUNTS {
         let target = inside(root, m.target);
         mkdir_p(&target)?;
-        step("mounting", &target, mount(Some(m.fstype), &target, Some(m.fstype), m.flags, m.data))?;
+        step(
+            "mounting",
+            &target,
+            mount(Some(m.fstype), &target, Some(m.fstype), m.flags, m.data),
+        )?;
     }
     for (name, major, minor) in DEVICE_NODES {
         let path = inside(root, &format!("/dev/{name}"));
@@ -135,7 +229,11 @@ pub fn mount_api(root: &Path, console: Option<&Path>) -> Result<()> {
             mkdir_p(parent)?;
         }
         let mode = Mode::from_bits_truncate(0o666);
-        step("creating device node", &path, mknod(&path, SFlag::S_IFCHR, mode, makedev(*major, *minor)))?;
+        step(
+            "creating device node",
+            &path,
+            mknod(&path, SFlag::S_IFCHR, mode, makedev(*major, *minor)),
+        )?;
     }
     for (link, target) in DEV_LINKS {
         let path = inside(root, link);
@@ -143,7 +241,16 @@ pub fn mount_api(root: &Path, console: Option<&Path>) -> Result<()> {
     }
     if let Some(pty) = console {
         let path = inside(root, "/dev/console");
-        io_step("creating", &path, fs::OpenOptions::new().write(true).create(true).mode(0o600).open(&path))?;
+        io_step(
+            "creating",
+            &path,
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path),
+        )?;
         bind(pty, &path, MsFlags::empty())?;
     }
     Ok(())
@@ -154,14 +261,25 @@ pub fn mount_api(root: &Path, console: Option<&Path>) -> Result<()> {
 /// by the caller before `restrict` makes the directory read-only.
 pub fn populate_run_host(root: &Path) -> Result<()> {
     let dir = inside(root, RUN_HOST);
-    mkdir_p(&dir.join("inaccessible"))?;
-    let os_release = fs::read("/etc/os-release").or_else(|_| fs::read("/usr/lib/os-release")).unwrap_or_default();
+    let inaccessible = inside(root, INACCESSIBLE_DIR);
+    mkdir_p(&inaccessible.join("dir"))?;
+    for (name, kind) in INACCESSIBLE_NODES {
+        let path = inaccessible.join(name);
+        step("creating", &path, mknod(&path, *kind, Mode::empty(), makedev(0, 0)))?;
+    }
+    let path = inaccessible.join("dir");
+    io_step(
+        "restricting",
+        &path,
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o000)),
+    )?;
+    let os_release = fs::read("/etc/os-release")
+        .or_else(|_| fs::read("/usr/lib/os-release"))
+        .unwrap_or_default();
     let path = dir.join("os-release");
     io_step("writing", &path, fs::write(&path, os_release))?;
     let path = dir.join("container-manager");
     io_step("writing", &path, fs::write(&path, "berth\n"))?;
-    let path = inside(root, INACCESSIBLE_FILE);
-    io_step("creating", &path, fs::OpenOptions::new().write(true).create(true).mode(0o000).open(&path))?;
     Ok(())
 }
 
@@ -197,7 +315,11 @@ pub fn bind_resolv_conf(root: &Path) -> Result<()> {
     if is_plain_file && host.exists() {
         bind(host, &target, MsFlags::empty())?;
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV;
-        step("making read-only", &target, mount(None::<&str>, &target, None::<&str>, flags, None::<&str>))?;
+        step(
+            "making read-only",
+            &target,
+            mount(None::<&str>, &target, None::<&str>, flags, None::<&str>),
+        )?;
     }
     Ok(())
 }
@@ -208,7 +330,11 @@ pub fn bind_resolv_conf(root: &Path) -> Result<()> {
 pub fn enter(root: &Path) -> Result<()> {
     step("changing directory to", root, chdir(root))?;
     step("pivot_root into", root, pivot_root(".", "."))?;
-    step("detaching the host's root from", root, umount2(".", MntFlags::MNT_DETACH))?;
+    step(
+        "detaching the host's root from",
+        root,
+        umount2(".", MntFlags::MNT_DETACH),
+    )?;
     step("changing directory to", Path::new("/"), chdir("/"))
 }
 
@@ -221,11 +347,21 @@ mod tests {
         // Every nested API mount comes after the mount that contains it.
         for (i, m) in API_MOUNTS.iter().enumerate() {
             for later in &API_MOUNTS[i + 1..] {
-                assert!(!m.target.starts_with(&format!("{}/", later.target)), "{} before {}", m.target, later.target);
+                assert!(
+                    !m.target.starts_with(&format!("{}/", later.target)),
+                    "{} before {}",
+                    m.target,
+                    later.target
+                );
             }
         }
-        assert!(PROC_MASKED.iter().chain(PROC_READ_ONLY).all(|p| p.starts_with("/proc/")));
-        assert!(!DEVICE_NODES.iter().any(|(n, ..)| n.starts_with("sd") || *n == "mem" || *n == "kmsg"));
+        assert!(PROC_MASKED
+            .iter()
+            .chain(PROC_READ_ONLY)
+            .all(|p| p.starts_with("/proc/")));
+        assert!(!DEVICE_NODES
+            .iter()
+            .any(|(n, ..)| n.starts_with("sd") || *n == "mem" || *n == "kmsg"));
         assert_eq!(inside(Path::new("/t"), "/run/host"), PathBuf::from("/t/run/host"));
     }
 

@@ -50,21 +50,53 @@ pub const DENIED: &[Denied] = &[
     denied!(lookup_dcookie, libc::SYS_lookup_dcookie, Some(253)),
     // Obsolete calls, x86_64 numbers (never used by a current userland).
     #[cfg(target_arch = "x86_64")]
-    Denied { name: "uselib", native: Some(134), i386: Some(86) },
+    Denied {
+        name: "uselib",
+        native: Some(134),
+        i386: Some(86),
+    },
     #[cfg(target_arch = "x86_64")]
-    Denied { name: "ustat", native: Some(136), i386: Some(62) },
+    Denied {
+        name: "ustat",
+        native: Some(136),
+        i386: Some(62),
+    },
     #[cfg(target_arch = "x86_64")]
-    Denied { name: "sysfs", native: Some(139), i386: Some(135) },
+    Denied {
+        name: "sysfs",
+        native: Some(139),
+        i386: Some(135),
+    },
     #[cfg(target_arch = "x86_64")]
-    Denied { name: "_sysctl", native: Some(156), i386: Some(149) },
+    Denied {
+        name: "_sysctl",
+        native: Some(156),
+        i386: Some(149),
+    },
     #[cfg(target_arch = "x86_64")]
-    Denied { name: "create_module", native: Some(174), i386: Some(127) },
+    Denied {
+        name: "create_module",
+        native: Some(174),
+        i386: Some(127),
+    },
     #[cfg(target_arch = "x86_64")]
-    Denied { name: "get_kernel_syms", native: Some(177), i386: Some(130) },
+    Denied {
+        name: "get_kernel_syms",
+        native: Some(177),
+        i386: Some(130),
+    },
     #[cfg(target_arch = "x86_64")]
-    Denied { name: "query_module", native: Some(178), i386: Some(167) },
+    Denied {
+        name: "query_module",
+        native: Some(178),
+        i386: Some(167),
+    },
     #[cfg(target_arch = "x86_64")]
-    Denied { name: "nfsservctl", native: Some(180), i386: Some(169) },
+    Denied {
+        name: "nfsservctl",
+        native: Some(180),
+        i386: Some(169),
+    },
 ];
 
 // linux/audit.h

@@ -39,11 +39,7 @@ pub fn parse(text: &str) -> Result<libc::c_int, InvalidSignal> {
             None => return Err(bad()),
         };
         let sig = rtmin_plus(off);
-        return if sig <= libc::SIGRTMAX() {
-            Ok(sig)
-        } else {
-            Err(bad())
-        };
+        return if sig <= libc::SIGRTMAX() { Ok(sig) } else { Err(bad()) };
     }
     NAMED
         .iter()

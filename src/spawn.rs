@@ -12,7 +12,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::{umask, Mode};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{dup2_stdin, dup2_stdout, dup2_stderr, execve, sethostname, setsid, ForkResult, Pid};
+use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, execve, sethostname, setsid, ForkResult, Pid};
 
 use crate::protocol::{self, Channel, ToChild, ToParent};
 use crate::rootfs::{self, step, SetupError};
@@ -59,19 +59,30 @@ const NAMESPACES: libc::c_int = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::C
 /// and the supervisor's end of the channel, after the child was told to go.
 pub fn start(spec: &ChildSpec, cgroup: &Path) -> Result<(Pid, Channel), SpawnError> {
     let (parent, child) = protocol::pair().map_err(SpawnError::Channel)?;
-    let cgroup_fd = open(cgroup, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|source| SpawnError::OpenCgroup { path: cgroup.into(), source })?;
+    let cgroup_fd = open(
+        cgroup,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|source| SpawnError::OpenCgroup {
+        path: cgroup.into(),
+        source,
+    })?;
     // Preferred: the child is born in its cgroup, and its cgroup namespace is
     // rooted there (clone3 with CLONE_INTO_CGROUP, Linux 5.7). Otherwise the
     // parent moves it, and the child unshares its cgroup namespace after.
-    let (cloned, in_cgroup) =
-        match sys::clone_process(NAMESPACES | libc::CLONE_NEWCGROUP, Some(cgroup_fd.as_fd())) {
-            Ok(c) => (c, true),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::E2BIG)) => {
-                (sys::clone_process(NAMESPACES, None).map_err(SpawnError::Clone)?, false)
-            }
-            Err(e) => return Err(SpawnError::Clone(e)),
-        };
+    let (cloned, in_cgroup) = match sys::clone_process(NAMESPACES | libc::CLONE_NEWCGROUP, Some(cgroup_fd.as_fd())) {
+        Ok(c) => (c, true),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::E2BIG)
+            ) =>
+        {
+            (sys::clone_process(NAMESPACES, None).map_err(SpawnError::Clone)?, false)
+        }
+        Err(e) => return Err(SpawnError::Clone(e)),
+    };
     match cloned {
         Cloned::Child => {
             drop(parent);
@@ -85,7 +96,10 @@ pub fn start(spec: &ChildSpec, cgroup: &Path) -> Result<(Pid, Channel), SpawnErr
                 if let Err(e) = std::fs::write(&procs, pid.to_string()) {
                     let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                     let _ = waitpid(pid, None);
-                    return Err(SpawnError::MoveToCgroup { path: cgroup.into(), source: e });
+                    return Err(SpawnError::MoveToCgroup {
+                        path: cgroup.into(),
+                        source: e,
+                    });
                 }
             }
             parent.send_to_child(ToChild::Go)?;
@@ -109,13 +123,21 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     // Die with the supervisor: a SIGKILLed berth must not leave a machine
     // running without anyone to stop it. Set before waiting for Go, so a
     // supervisor that dies in between is noticed as end-of-file below.
-    step("setting the parent-death signal of", here, nix::sys::prctl::set_pdeathsig(Signal::SIGKILL))?;
+    step(
+        "setting the parent-death signal of",
+        here,
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL),
+    )?;
     match chan.recv_go() {
         Ok(true) => {}
         _ => std::process::exit(crate::exit::EXIT_FAILURE),
     }
     if unshare_cgroup {
-        step("creating the cgroup namespace of", here, unshare(CloneFlags::CLONE_NEWCGROUP))?;
+        step(
+            "creating the cgroup namespace of",
+            here,
+            unshare(CloneFlags::CLONE_NEWCGROUP),
+        )?;
     }
     // Modes of the nodes created below are exactly as written.
     umask(Mode::empty());
@@ -132,7 +154,11 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
         let path = root.join(rootfs::NOTIFY_SOCKET.trim_start_matches('/'));
         let sock = rootfs_io("binding the notify socket", &path, crate::notify::bind(&path))?;
         chan.send_to_parent(ToParent::NotifySocket(OwnedFd::from(sock)))
-            .map_err(|_| SetupError { what: "passing the notify socket", path, errno: nix::errno::Errno::EPIPE })?;
+            .map_err(|_| SetupError {
+                what: "passing the notify socket",
+                path,
+                errno: nix::errno::Errno::EPIPE,
+            })?;
     }
     rootfs::restrict(root)?;
     // The machine shares the host's network (private networks come later),
@@ -145,8 +171,16 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     step("creating a session for", here, setsid())?;
     if spec.console.is_some() {
         let console = Path::new("/dev/console");
-        let fd = step("opening", console, open(console, OFlag::O_RDWR | OFlag::O_NOCTTY, Mode::empty()))?;
-        rootfs_io("making the controlling terminal", console, sys::set_controlling_tty(fd.as_fd()))?;
+        let fd = step(
+            "opening",
+            console,
+            open(console, OFlag::O_RDWR | OFlag::O_NOCTTY, Mode::empty()),
+        )?;
+        rootfs_io(
+            "making the controlling terminal",
+            console,
+            sys::set_controlling_tty(fd.as_fd()),
+        )?;
         step("connecting stdin to", console, dup2_stdin(&fd))?;
         step("connecting stdout to", console, dup2_stdout(&fd))?;
         step("connecting stderr to", console, dup2_stderr(&fd))?;
@@ -155,7 +189,11 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     // Rust ignores SIGPIPE and berth blocks some signals: neither may be
     // inherited by the init.
     reset_signals();
-    rootfs_io("marking inherited descriptors close-on-exec in", here, sys::cloexec_from(3))?;
+    rootfs_io(
+        "marking inherited descriptors close-on-exec in",
+        here,
+        sys::cloexec_from(3),
+    )?;
 
     // Privileges last: capability drop needs CAP_SETPCAP, and the seccomp
     // filter is installed without no_new_privs, which needs CAP_SYS_ADMIN.
@@ -168,9 +206,20 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
 
     match &spec.payload {
         Payload::Init { path, args } => {
-            let argv: Vec<String> = std::iter::once(path.to_string_lossy().into_owned()).chain(args.iter().cloned()).collect();
-            let err = execve(&cstring(&path.to_string_lossy()), &cstrings(&argv), &cstrings(&spec.env)).unwrap_err();
-            Err(SetupError { what: "executing", path: path.clone(), errno: err })
+            let argv: Vec<String> = std::iter::once(path.to_string_lossy().into_owned())
+                .chain(args.iter().cloned())
+                .collect();
+            let err = execve(
+                &cstring(&path.to_string_lossy()),
+                &cstrings(&argv),
+                &cstrings(&spec.env),
+            )
+            .unwrap_err();
+            Err(SetupError {
+                what: "executing",
+                path: path.clone(),
+                errno: err,
+            })
         }
         Payload::Command { argv } => stub_init(argv, &spec.env, chan),
     }
@@ -220,17 +269,31 @@ fn stub_init(argv: &[String], env: &[String], chan: &Channel) -> Result<Infallib
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     FORWARDED.iter().for_each(|s| set.add(*s));
-    step("blocking signals in", Path::new("/"), sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None))?;
+    step(
+        "blocking signals in",
+        Path::new("/"),
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None),
+    )?;
     let path = find_in_path(&argv[0], env);
     let command = match sys::fork_single_threaded() {
         Ok(ForkResult::Child) => {
             reset_signals();
             let err = execve(&cstring(&path.to_string_lossy()), &cstrings(argv), &cstrings(env)).unwrap_err();
             eprintln!("berth: {}: {}", argv[0], err.desc());
-            std::process::exit(if err == nix::errno::Errno::ENOENT { EXIT_NOT_FOUND } else { EXIT_NOT_EXECUTABLE });
+            std::process::exit(if err == nix::errno::Errno::ENOENT {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_NOT_EXECUTABLE
+            });
         }
         Ok(ForkResult::Parent { child }) => child,
-        Err(e) => return Err(SetupError { what: "starting", path, errno: e }),
+        Err(e) => {
+            return Err(SetupError {
+                what: "starting",
+                path,
+                errno: e,
+            })
+        }
     };
     let _ = chan.send_to_parent(ToParent::Started);
     loop {
@@ -256,11 +319,17 @@ fn find_in_path(name: &str, env: &[String]) -> PathBuf {
     if name.contains('/') {
         return PathBuf::from(name);
     }
-    let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/bin:/bin");
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/bin:/bin");
     path_var
         .split(':')
         .map(|dir| Path::new(dir).join(name))
-        .find(|p| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
         .unwrap_or_else(|| PathBuf::from(name))
 }
-

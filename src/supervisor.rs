@@ -47,11 +47,18 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
     // Signals become events of the loop; they stay blocked in berth (the
     // child unblocks them before it executes the init).
     let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD, Signal::SIGWINCH] {
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+        Signal::SIGWINCH,
+    ] {
         signals.add(s);
     }
     signals.thread_block().context("blocking signals")?;
-    let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("creating a signalfd")?;
+    let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .context("creating a signalfd")?;
 
     let pty = match plan.console {
         ConsoleMode::Pipe => None,
@@ -152,7 +159,10 @@ impl<'a> Boot<'a> {
                     sources.push((Source::Stdin, stdin.as_fd()));
                 }
             }
-            let mut fds: Vec<PollFd> = sources.iter().map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+            let mut fds: Vec<PollFd> = sources
+                .iter()
+                .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN))
+                .collect();
             match poll(&mut fds, PollTimeout::NONE) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 r => r.context("waiting for events")?,
@@ -196,7 +206,9 @@ impl<'a> Boot<'a> {
                     Ok(WaitStatus::StillAlive) | Err(_) => return Ok(None),
                     Ok(s) => s,
                 };
-                let Some(mut reason) = ExitReason::from_wait(status) else { return Ok(None) };
+                let Some(mut reason) = ExitReason::from_wait(status) else {
+                    return Ok(None);
+                };
                 self.copy_console_output();
                 if let Some(msg) = self.setup_error.take() {
                     bail!("machine \"{}\": setting up: {msg}", self.plan.name);
@@ -345,4 +357,3 @@ pub fn registration_notice(name: &MachineName) -> Option<String> {
         format!("berth: no D-Bus system bus on this host; machine \"{name}\" is not registered with systemd-machined")
     })
 }
-

@@ -62,7 +62,9 @@ pub fn clone_process(flags: libc::c_int, cgroup: Option<BorrowedFd<'_>>) -> io::
     match ret {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Cloned::Child),
-        pid => Ok(Cloned::Parent { child: pid as libc::pid_t }),
+        pid => Ok(Cloned::Parent {
+            child: pid as libc::pid_t,
+        }),
     }
 }
 

@@ -95,7 +95,13 @@ impl Tree {
     pub fn open(name: MachineName, root: PathBuf) -> Result<Self, TreeError> {
         match std::fs::metadata(&root) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(TreeError::Missing { name, path: root }),
-            Err(source) => return Err(TreeError::Unreadable { name, path: root, source }),
+            Err(source) => {
+                return Err(TreeError::Unreadable {
+                    name,
+                    path: root,
+                    source,
+                })
+            }
             Ok(m) if !m.is_dir() => return Err(TreeError::NotADirectory { name, path: root }),
             Ok(_) => {}
         }
@@ -153,7 +159,10 @@ impl Tree {
     /// The tree's /etc/machine-id, when it holds a valid id.
     pub fn machine_id(&self) -> Option<[u8; 16]> {
         let mut text = String::new();
-        self.open_inside("/etc/machine-id").ok()?.read_to_string(&mut text).ok()?;
+        self.open_inside("/etc/machine-id")
+            .ok()?
+            .read_to_string(&mut text)
+            .ok()?;
         parse_machine_id(text.trim())
     }
 
@@ -161,7 +170,9 @@ impl Tree {
     /// else an id derived from the host's machine-id and the machine name,
     /// so it stays the same from boot to boot.
     pub fn container_uuid(&self, host_machine_id: Option<&str>) -> String {
-        let id = self.machine_id().unwrap_or_else(|| derived_id(host_machine_id, self.name.as_str()));
+        let id = self
+            .machine_id()
+            .unwrap_or_else(|| derived_id(host_machine_id, self.name.as_str()));
         format_uuid(&id)
     }
 }
@@ -194,7 +205,14 @@ pub fn derived_id(host_machine_id: Option<&str>, name: &str) -> [u8; 16] {
 
 pub fn format_uuid(id: &[u8; 16]) -> String {
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -237,17 +255,29 @@ mod tests {
         let tree = Tree::open(name("x"), t.path().into()).unwrap();
         let e = tree.find_init(None).unwrap_err();
         assert!(e.to_string().contains("no init found in"), "{e}");
-        assert!(e.to_string().ends_with("tried /usr/lib/systemd/systemd, /lib/systemd/systemd, /sbin/init (use --init PATH)"));
+        assert!(e
+            .to_string()
+            .ends_with("tried /usr/lib/systemd/systemd, /lib/systemd/systemd, /sbin/init (use --init PATH)"));
         // An absolute link, as in Debian: it must resolve inside the tree.
         std::fs::write(t.path().join("usr/lib/systemd/systemd"), "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(t.path().join("usr/lib/systemd/systemd"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            t.path().join("usr/lib/systemd/systemd"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         symlink("/usr/lib/systemd/systemd", t.path().join("sbin/init")).unwrap();
         assert_eq!(tree.find_init(None).unwrap(), PathBuf::from("/usr/lib/systemd/systemd"));
-        assert_eq!(tree.find_init(Some(Path::new("/sbin/init"))).unwrap(), PathBuf::from("/sbin/init"));
+        assert_eq!(
+            tree.find_init(Some(Path::new("/sbin/init"))).unwrap(),
+            PathBuf::from("/sbin/init")
+        );
         let e = tree.find_init(Some(Path::new("/bin/nothing"))).unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("machine \"x\": init /bin/nothing is not an executable file in {}", t.path().display())
+            format!(
+                "machine \"x\": init /bin/nothing is not an executable file in {}",
+                t.path().display()
+            )
         );
     }
 

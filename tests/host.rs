@@ -1,0 +1,448 @@
+//! Host tests: real namespaces and a real systemd booted as the machine's
+//! PID 1 from the cached Debian tree. Run as root by `tests/run-all`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `berth run` on the test tree under `name`.
+fn run_in(name: &str, command: &[&str]) -> std::process::Output {
+    let tree = tree();
+    let mut args = vec!["run", name, "-D", tree.to_str().unwrap(), "--"];
+    args.extend(command);
+    run_berth(&args)
+}
+
+#[test]
+fn boot_reaches_ready_with_systemd_as_pid1_and_halts_in_order() {
+    let mut m = Machine::boot("t-boot", &[]);
+    m.wait_ready();
+    let leader = m.leader();
+    assert_eq!(m.exec_ok(&["cat", "/proc/1/comm"]), "systemd");
+    assert_eq!(m.exec_ok(&["hostname"]), "t-boot");
+    assert_eq!(m.exec_ok(&["systemctl", "is-system-running"]), "running");
+    // The machine's systemd sees its own cgroup as the root, and that root
+    // is the machine's cgroup on the host.
+    let inside = m.exec_ok(&["cat", "/proc/1/cgroup"]);
+    assert_eq!(
+        inside.lines().find(|l| l.starts_with("0::")),
+        Some("0::/init.scope"),
+        "{inside}"
+    );
+    let host_view = std::fs::read_to_string(format!("/proc/{leader}/cgroup")).unwrap();
+    assert!(
+        host_view.contains("0::/machine.slice/machine-t-boot.scope/init.scope"),
+        "{host_view}"
+    );
+    // The bounding set of PID 1 lacks CAP_SYS_MODULE (16) and CAP_SYS_TIME (25).
+    let status = std::fs::read_to_string(format!("/proc/{leader}/status")).unwrap();
+    let bnd = status.lines().find_map(|l| l.strip_prefix("CapBnd:\t")).unwrap();
+    let bnd = u64::from_str_radix(bnd, 16).unwrap();
+    assert_eq!(bnd & (1 << 16), 0, "CAP_SYS_MODULE kept: {bnd:x}");
+    assert_eq!(bnd & (1 << 25), 0, "CAP_SYS_TIME kept: {bnd:x}");
+    assert_ne!(bnd & (1 << 21), 0, "CAP_SYS_ADMIN dropped: {bnd:x}");
+    // The container's environment says who manages it.
+    let env = std::fs::read(format!("/proc/{leader}/environ")).unwrap();
+    let env = String::from_utf8_lossy(&env);
+    assert!(env.split('\0').any(|e| e == "container=berth"), "{env}");
+    assert!(env.split('\0').any(|e| e == "NOTIFY_SOCKET=/run/host/notify"), "{env}");
+    assert_eq!(m.exec_ok(&["cat", "/run/host/container-manager"]), "berth");
+
+    // SIGTERM: an orderly halt, within 5 s, exit 0, nothing left behind.
+    m.signal(libc::SIGTERM);
+    let status = m.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{}", m.stderr());
+    assert!(
+        m.console().contains("Reached target") && m.console().contains("Halting system."),
+        "no orderly halt on the console"
+    );
+    assert!(!scope_of("t-boot").exists(), "cgroup left behind");
+    assert!(
+        host_mounts_under(&tree()).is_empty(),
+        "mounts left behind: {:?}",
+        host_mounts_under(&tree())
+    );
+}
+
+#[test]
+fn poweroff_inside_exits_zero() {
+    let mut m = Machine::boot("t-poweroff", &[]);
+    m.wait_ready();
+    let _ = m.exec(&["systemctl", "poweroff"]);
+    assert_eq!(m.wait_exit(Duration::from_secs(20)).code(), Some(0), "{}", m.stderr());
+    assert!(!scope_of("t-poweroff").exists());
+}
+
+#[test]
+fn reboot_inside_boots_again_with_fresh_namespaces() {
+    let mut m = Machine::boot("t-reboot", &[]);
+    m.wait_ready();
+    let first = m.leader();
+    let first_ns = std::fs::read_link(format!("/proc/{first}/ns/pid")).unwrap();
+    let _ = m.exec(&["systemctl", "reboot"]);
+    wait_gone(first, Duration::from_secs(20));
+    m.wait_ready();
+    let second = m.leader();
+    assert_ne!(first, second);
+    assert_ne!(first_ns, std::fs::read_link(format!("/proc/{second}/ns/pid")).unwrap());
+    assert_eq!(m.exec_ok(&["cat", "/proc/1/comm"]), "systemd");
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// With --keep-unit berth runs as a unit would: inside a cgroup of its own
+/// (made here by the test), split into supervisor/ and payload/, and a
+/// reboot inside is handed to systemd as exit code 133.
+#[test]
+fn reboot_with_keep_unit_exits_133_and_uses_the_units_cgroup() {
+    let unit = cgroup2().join(format!("berth-test-unit-{}.service", std::process::id()));
+    std::fs::create_dir(&unit).unwrap();
+    let procs = unit.join("cgroup.procs");
+    let bin = env!("CARGO_BIN_EXE_berth");
+    let mut m = Machine::boot_with("t-keepunit", &["--keep-unit"], |c| {
+        // Enter the "unit" cgroup, then become berth (as systemd would start it).
+        let script = format!("echo $$ > {} && exec {bin} \"$@\"", procs.display());
+        let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        *c = {
+            let mut sh = std::process::Command::new("sh");
+            sh.arg("-c").arg(script).arg("berth").args(args);
+            sh.env(
+                "NOTIFY_SOCKET",
+                c.get_envs().find(|(k, _)| *k == "NOTIFY_SOCKET").unwrap().1.unwrap(),
+            );
+            sh.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            sh
+        };
+        c
+    });
+    // The wrapper replaced stdout/stderr: read the console from berth's exit instead.
+    m.wait_ready();
+    let leader = m.leader();
+    let cg = std::fs::read_to_string(format!("/proc/{leader}/cgroup")).unwrap();
+    assert!(
+        cg.contains(&format!(
+            "{}/payload/init.scope",
+            unit.file_name().unwrap().to_string_lossy()
+        )),
+        "{cg}"
+    );
+    let supervisor = std::fs::read_to_string(unit.join("supervisor/cgroup.procs")).unwrap();
+    assert!(
+        supervisor.lines().any(|p| p == m.child.id().to_string()),
+        "berth not in supervisor/: {supervisor}"
+    );
+    let _ = m.exec(&["systemctl", "reboot"]);
+    assert_eq!(
+        m.wait_exit(Duration::from_secs(20)).code(),
+        Some(berth::exit::EXIT_REBOOT)
+    );
+    assert!(!unit.join("payload").exists(), "payload cgroup left behind");
+    std::fs::remove_dir(unit.join("supervisor")).unwrap();
+    std::fs::remove_dir(&unit).unwrap();
+}
+
+#[test]
+fn sigkill_of_berth_leaves_nothing_that_stops_the_next_boot() {
+    let mut m = Machine::boot("t-sigkill", &[]);
+    m.wait_ready();
+    let leader = m.leader();
+    m.signal(libc::SIGKILL);
+    m.wait_exit(Duration::from_secs(5));
+    // The machine dies with its supervisor (parent-death signal).
+    wait_gone(leader, Duration::from_secs(5));
+    assert!(
+        host_mounts_under(&tree()).is_empty(),
+        "mounts left behind: {:?}",
+        host_mounts_under(&tree())
+    );
+    // The next boot of the same machine works and cleans the stale cgroup.
+    let mut again = Machine::boot("t-sigkill", &[]);
+    again.wait_ready();
+    again.signal(libc::SIGTERM);
+    assert_eq!(
+        again.wait_exit(Duration::from_secs(10)).code(),
+        Some(0),
+        "{}",
+        again.stderr()
+    );
+    assert!(!scope_of("t-sigkill").exists(), "cgroup left behind");
+}
+
+#[test]
+fn crash_of_pid1_ends_berth_and_the_next_boot_works() {
+    let mut m = Machine::boot("t-crash", &[]);
+    m.wait_ready();
+    berth::sys::send_signal(m.leader(), libc::SIGKILL).unwrap();
+    assert_eq!(m.wait_exit(Duration::from_secs(10)).code(), Some(128 + libc::SIGKILL));
+    assert!(!scope_of("t-crash").exists(), "cgroup left behind");
+    let mut again = Machine::boot("t-crash", &[]);
+    again.wait_ready();
+    again.signal(libc::SIGTERM);
+    assert_eq!(again.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn second_sigterm_kills_at_once() {
+    // An init that ignores the polite signal: a shell waiting forever.
+    let mut m = Machine::boot(
+        "t-kill2",
+        &[
+            "--init",
+            "/bin/sh",
+            "--notify-ready=no",
+            "--",
+            "-c",
+            "trap '' TERM; while :; do sleep 1; done",
+        ],
+    );
+    m.wait_ready();
+    m.signal(libc::SIGTERM); // SIGRTMIN+3 to a shell: ignored by PID 1
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        m.child.try_wait().unwrap().is_none(),
+        "berth exited on the first SIGTERM"
+    );
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit(Duration::from_secs(5)).code(), Some(128 + libc::SIGKILL));
+}
+
+#[test]
+fn proc_masks_and_read_only_parts_hold() {
+    let out = run_in(
+        "t-proc",
+        &[
+            "sh",
+            "-c",
+            "
+        for f in /proc/kallsyms /proc/keys /proc/timer_list /proc/kcore /proc/sysrq-trigger; do
+          [ -e $f ] || continue; echo \"$f $(wc -c < $f)\"; done
+        echo x > /proc/sys/kernel/domainname && echo sys-writable
+        touch /sys/berth-test 2>/dev/null && echo sysfs-writable
+        ls /dev | tr '\\n' ' '",
+        ],
+    );
+    let text = stdout_of(&out);
+    assert!(text.contains("/proc/kallsyms 0"), "{text}");
+    assert!(text.contains("/proc/keys 0"), "{text}");
+    assert!(!text.contains("writable"), "{text}");
+    assert_eq!(
+        text.lines().last().unwrap().trim(),
+        "fd full mqueue net null ptmx pts random shm stderr stdin stdout tty urandom zero"
+    );
+    assert!(stderr_of(&out).contains("Read-only file system"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn refused_syscall_fails_inside() {
+    // add_key(2) is refused by the filter with EPERM; getpid works.
+    let nr_add_key = libc::SYS_add_key;
+    let script = format!(
+        "my ($t, $d, $p) = (\"user\", \"k\", \"v\"); $r = syscall({nr_add_key}, $t, $d, $p, 1, -3); print \"$r $!\\n\"; print syscall({}) > 0 ? \"getpid ok\\n\" : \"getpid bad\\n\";",
+        libc::SYS_getpid
+    );
+    let out = run_in("t-seccomp", &["perl", "-e", &script]);
+    assert_eq!(
+        stdout_of(&out),
+        "-1 Operation not permitted\ngetpid ok",
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn chroot_escape_stays_inside() {
+    let tree = tree();
+    let meta = std::fs::metadata(&tree).unwrap();
+    // The classic escape: chroot into a subdirectory, climb out with "..",
+    // chroot to where you ended up; then print what "/" is.
+    let script = r#"mkdir "/tmp/jail"; chroot "/tmp/jail" or die "chroot: $!"; chdir ".." for 1..64; chroot "." or die "chroot2: $!"; @s = stat("/"); print "$s[0] $s[1]\n"; @p = stat("/proc/1/root/."); print "$p[0] $p[1]\n";"#;
+    let out = run_in("t-escape", &["perl", "-e", script]);
+    let want = format!("{} {}", meta.dev(), meta.ino());
+    let text = stdout_of(&out);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    for line in text.lines() {
+        assert_eq!(
+            line,
+            want,
+            "escaped to another root (tree is {want}, host / is {:?})",
+            std::fs::metadata("/").map(|m| (m.dev(), m.ino()))
+        );
+    }
+    assert_eq!(text.lines().count(), 2);
+}
+
+#[test]
+fn run_exit_codes_are_the_commands() {
+    assert_eq!(run_in("t-run", &["sh", "-c", "exit 42"]).status.code(), Some(42));
+    assert_eq!(run_in("t-run", &["true"]).status.code(), Some(0));
+    assert_eq!(
+        run_in("t-run", &["sh", "-c", "kill -TERM $$"]).status.code(),
+        Some(128 + libc::SIGTERM)
+    );
+    let out = run_in("t-run", &["/no/such/command"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(
+        stderr_of(&out).lines().last(),
+        Some("berth: /no/such/command: No such file or directory")
+    );
+    // Output and hostname come through the pipe console.
+    let out = run_in("t-run", &["hostname"]);
+    assert_eq!(stdout_of(&out), "t-run");
+}
+
+#[test]
+fn run_forwards_signals_and_reaps_orphans() {
+    let tree = tree();
+    let script = "trap 'echo got-term; exit 5' TERM
+        sh -c 'sleep 0.1 &'   # an orphan for PID 1 to reap
+        sleep 0.5
+        zombies=$(cat /proc/[0-9]*/stat | awk '$3 == \"Z\"' | wc -l)
+        echo zombies=$zombies
+        echo started
+        while :; do sleep 0.1; done";
+    let mut child = berth()
+        .args([
+            "run",
+            "t-signals",
+            "-D",
+            tree.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "zombies=0");
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    berth::sys::send_signal(child.id() as i32, libc::SIGTERM).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "got-term");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "berth run did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(5));
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_changes_nothing() {
+    let tree = tree();
+    let t = tree.to_str().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let no_init = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(no_init.path().join("etc")).unwrap();
+    std::fs::write(no_init.path().join("etc/os-release"), "ID=test\n").unwrap();
+    let e = empty.path().display().to_string();
+    let n = no_init.path().display().to_string();
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (vec!["boot", "t-nosuch-xyz"], "berth: machine \"t-nosuch-xyz\": /var/lib/machines/t-nosuch-xyz does not exist".into()),
+        (vec!["boot", "t-empty", "-D", &e], format!("berth: machine \"t-empty\": {e} is not an OS tree: neither etc/os-release nor usr/lib/os-release exists in it")),
+        (vec!["boot", "t-noinit", "-D", &n], format!("berth: machine \"t-noinit\": no init found in {n}: tried /usr/lib/systemd/systemd, /lib/systemd/systemd, /sbin/init (use --init PATH)")),
+        (vec!["boot", "t-badinit", "-D", t, "--init", "/etc/os-release"], format!("berth: machine \"t-badinit\": init /etc/os-release is not an executable file in {t}")),
+        (vec!["boot", "a/b"], "berth: invalid machine name \"a/b\": it must not contain '/'".into()),
+        (vec!["boot", ".."], "berth: invalid machine name \"..\": it must not be '.' or contain '..'".into()),
+        (vec!["boot", "bad name!"], "berth: invalid machine name \"bad name!\": only letters, digits, '-', '_' and '.' are allowed".into()),
+        (vec!["boot", "t-sig", "-D", t, "--kill-signal", "SIGNOPE"], "berth: invalid signal \"SIGNOPE\": expected a name like SIGTERM or SIGRTMIN+3, or a number".into()),
+    ];
+    for (args, want) in cases {
+        let out = run_berth(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(stderr_of(&out), want, "{args:?}");
+    }
+    for name in ["t-nosuch-xyz", "t-empty", "t-noinit", "t-badinit", "t-sig"] {
+        assert!(
+            !Path::new(&format!("/run/berth/{name}.lock")).exists(),
+            "{name}: lock file created"
+        );
+        assert!(!scope_of(name).exists(), "{name}: cgroup created");
+    }
+
+    // Not root.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_berth"),
+            "boot",
+            "t-user",
+            "-D",
+            t,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_of(&out),
+        "berth: berth boot must be run as root (it creates namespaces, mounts and cgroups)"
+    );
+
+    // Already running.
+    let mut m = Machine::boot("t-twice", &[]);
+    m.wait_ready();
+    let out = run_berth(&["boot", "t-twice", "-D", t]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_of(&out),
+        "berth: machine \"t-twice\" is already running (lock /run/berth/t-twice.lock is held)"
+    );
+    assert_eq!(
+        m.exec_ok(&["cat", "/proc/1/comm"]),
+        "systemd",
+        "the running machine was disturbed"
+    );
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn failure_half_way_leaves_nothing_behind() {
+    // A tree that passes the checks but breaks setup: /dev is a file.
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("t-halfway");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(root.join("sbin")).unwrap();
+    std::fs::write(root.join("etc/os-release"), "ID=test\n").unwrap();
+    std::fs::write(root.join("sbin/init"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        root.join("sbin/init"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(root.join("dev"), "not a directory").unwrap();
+    let r = root.display().to_string();
+    let out = run_berth(&["boot", "-D", &r]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_of(&out).lines().last().unwrap(),
+        format!("berth: machine \"t-halfway\": setting up: creating directory {r}/dev: File exists")
+    );
+    assert!(
+        host_mounts_under(&root).is_empty(),
+        "mounts left behind: {:?}",
+        host_mounts_under(&root)
+    );
+    assert!(!scope_of("t-halfway").exists(), "cgroup left behind");
+}
