@@ -57,13 +57,14 @@ fn main() {
         tree.display()
     );
     println!("{:<34} {:>10} {:>10} {:>7}  goal", "", "berth", "nspawn", "ratio");
-    let rows: [(&str, fn(&Sample) -> f64, &str, &str); 4] = [
-        ("start to READY=1 (ms)", |s| s.ready_ms, "ratio <= 0.9", "ms"),
-        ("SIGTERM to exit (ms)", |s| s.stop_ms, "ratio <= 1.0", "ms"),
-        ("supervisor RSS (MiB)", |s| s.rss_kib / 1024.0, "berth <= 4 MiB", "MiB"),
-        ("start to exec of init (ms)", |s| s.exec_ms, "berth <= 15 ms", "ms"),
+    type Metric = fn(&Sample) -> f64;
+    let rows: [(&str, Metric, &str); 4] = [
+        ("start to READY=1 (ms)", |s| s.ready_ms, "ratio <= 0.9"),
+        ("SIGTERM to exit (ms)", |s| s.stop_ms, "ratio <= 1.0"),
+        ("supervisor RSS (MiB)", |s| s.rss_kib / 1024.0, "berth <= 4 MiB"),
+        ("start to exec of init (ms)", |s| s.exec_ms, "berth <= 15 ms"),
     ];
-    for (label, f, goal, _) in rows {
+    for (label, f, goal) in rows {
         let bm = median(b.iter().map(f).collect());
         let nm = median(n.iter().map(f).collect());
         println!("{label:<34} {bm:>10.1} {nm:>10.1} {:>7.2}  {goal}", bm / nm);
@@ -126,7 +127,9 @@ fn command(tool: Tool, berth: &Path, tree: &Path, boot: bool) -> Command {
     c
 }
 
-/// Start, wait for READY=1, return (time to ready, the child).
+/// Start, wait for READY=1, return (time to ready, the child); the caller
+/// waits for the child.
+#[allow(clippy::zombie_processes)]
 fn start(mut c: Command, sock_dir: &Path) -> (f64, Child) {
     let path = sock_dir.join("notify");
     let _ = std::fs::remove_file(&path);

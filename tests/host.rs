@@ -446,3 +446,107 @@ fn failure_half_way_leaves_nothing_behind() {
     );
     assert!(!scope_of("t-halfway").exists(), "cgroup left behind");
 }
+
+/// Read the pty master until `want` shows up; panics with what was read.
+fn read_until(master: &std::os::fd::OwnedFd, seen: &mut String, want: &str, within: Duration) {
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while !seen.contains(want) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no {want:?} on the console within {within:?}; saw:\n{seen}"
+        );
+        let mut fds = [nix::poll::PollFd::new(master.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ms = left.as_millis().min(200) as u16;
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)).unwrap() > 0 {
+            match nix::unistd::read(master.as_fd(), &mut buf) {
+                Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+#[test]
+fn interactive_console_logs_in_and_ctrl_bracket_kills() {
+    use std::os::fd::AsFd;
+    let tree = tree();
+    let ws = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+    let before = nix::sys::termios::tcgetattr(pty.slave.as_fd()).unwrap();
+    let slave = || Stdio::from(pty.slave.try_clone().unwrap());
+    let mut child = berth()
+        .args(["boot", "t-console", "-D", tree.to_str().unwrap()])
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(slave())
+        .stdout(slave())
+        .stderr(slave())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    read_until(
+        &pty.master,
+        &mut seen,
+        "Press Ctrl-] three times",
+        Duration::from_secs(10),
+    );
+    read_until(&pty.master, &mut seen, "t-console login:", BOOT_DEADLINE);
+    let type_in = |s: &str| nix::unistd::write(&pty.master, s.as_bytes()).unwrap();
+    type_in("root\r");
+    read_until(&pty.master, &mut seen, "root@t-console", Duration::from_secs(20));
+    // The window size of berth's terminal reached the machine's console.
+    type_in("echo size=$(stty size) marker-$((6*7))\r");
+    read_until(&pty.master, &mut seen, "size=40 100 marker-42", Duration::from_secs(10));
+    // Ctrl-] three times within a second: the machine is killed.
+    type_in("\x1d\x1d\x1d");
+    read_until(
+        &pty.master,
+        &mut seen,
+        "killed from the console",
+        Duration::from_secs(5),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "berth did not exit after Ctrl-] x3");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1));
+    // berth put the terminal back as it found it.
+    let after = nix::sys::termios::tcgetattr(pty.slave.as_fd()).unwrap();
+    assert_eq!(after.local_flags, before.local_flags);
+    assert_eq!(after.input_flags, before.input_flags);
+    assert!(!scope_of("t-console").exists(), "cgroup left behind");
+}
+
+#[test]
+fn only_pid1_speaks_for_readiness_and_status_is_passed_on() {
+    // An init (perl as PID 1) whose child claims readiness first; berth must
+    // ignore the child and report ready when PID 1 says so.
+    let script = r#"
+        use Socket;
+        sub say_ready { my $m = shift;
+            socket(my $s, AF_UNIX, SOCK_DGRAM, 0) or die "socket: $!";
+            send($s, $m, 0, pack_sockaddr_un("/run/host/notify")) or die "send: $!"; }
+        if (fork() == 0) { say_ready("READY=1\nSTATUS=from-child"); exit 0; }
+        wait; select(undef, undef, undef, 0.5);
+        say_ready("READY=1\nSTATUS=from-pid1");
+        sleep 1000;"#;
+    let mut m = Machine::boot(
+        "t-notify",
+        &["--init", "/usr/bin/perl", "--kill-signal=SIGKILL", "--", "-e", script],
+    );
+    let msg = m.wait_ready();
+    assert!(msg.lines().any(|l| l == "STATUS=from-pid1"), "READY came with: {msg:?}");
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit(Duration::from_secs(5)).code(), Some(128 + libc::SIGKILL));
+}
