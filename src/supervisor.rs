@@ -209,6 +209,11 @@ impl<'a> Boot<'a> {
                 let Some(mut reason) = ExitReason::from_wait(status) else {
                     return Ok(None);
                 };
+                // The child is gone, so its channel holds everything it sent
+                // (a setup failure above all): read it before deciding.
+                while self.chan.is_some() {
+                    self.on_channel()?;
+                }
                 self.copy_console_output();
                 if let Some(msg) = self.setup_error.take() {
                     bail!("machine \"{}\": setting up: {msg}", self.plan.name);

@@ -92,13 +92,18 @@ fn reboot_inside_boots_again_with_fresh_namespaces() {
     let mut m = Machine::boot("t-reboot", &[]);
     m.wait_ready();
     let first = m.leader();
-    let first_ns = std::fs::read_link(format!("/proc/{first}/ns/pid")).unwrap();
+    // A marker in this boot's /run (a tmpfs of its mount namespace). (Namespace
+    // inode numbers are no proof: the kernel reuses them once one is freed.)
+    m.exec_ok(&["touch", "/run/berth-test-marker"]);
     let _ = m.exec(&["systemctl", "reboot"]);
     wait_gone(first, Duration::from_secs(20));
     m.wait_ready();
     let second = m.leader();
     assert_ne!(first, second);
-    assert_ne!(first_ns, std::fs::read_link(format!("/proc/{second}/ns/pid")).unwrap());
+    assert!(
+        !m.exec(&["test", "-e", "/run/berth-test-marker"]).status.success(),
+        "/run survived the reboot"
+    );
     assert_eq!(m.exec_ok(&["cat", "/proc/1/comm"]), "systemd");
     m.signal(libc::SIGTERM);
     assert_eq!(m.wait_exit(Duration::from_secs(10)).code(), Some(0));
@@ -112,7 +117,7 @@ fn reboot_with_keep_unit_exits_133_and_uses_the_units_cgroup() {
     let unit = cgroup2().join(format!("berth-test-unit-{}.service", std::process::id()));
     std::fs::create_dir(&unit).unwrap();
     let procs = unit.join("cgroup.procs");
-    let bin = env!("CARGO_BIN_EXE_berth");
+    let bin = berth_bin();
     let mut m = Machine::boot_with("t-keepunit", &["--keep-unit"], |c| {
         // Enter the "unit" cgroup, then become berth (as systemd would start it).
         let script = format!("echo $$ > {} && exec {bin} \"$@\"", procs.display());
@@ -335,14 +340,11 @@ fn run_forwards_signals_and_reaps_orphans() {
     assert_eq!(lines.next().unwrap().unwrap(), "started");
     berth::sys::send_signal(child.id() as i32, libc::SIGTERM).unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), "got-term");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "berth run did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_child(
+        &mut child,
+        Duration::from_secs(5),
+        "berth run did not exit after SIGTERM",
+    );
     assert_eq!(status.code(), Some(5));
 }
 
@@ -385,7 +387,7 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            env!("CARGO_BIN_EXE_berth"),
+            &berth_bin(),
             "boot",
             "t-user",
             "-D",
@@ -512,14 +514,7 @@ fn interactive_console_logs_in_and_ctrl_bracket_kills() {
         "killed from the console",
         Duration::from_secs(5),
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "berth did not exit after Ctrl-] x3");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_child(&mut child, Duration::from_secs(5), "berth did not exit after Ctrl-] x3");
     assert_eq!(status.code(), Some(1));
     // berth put the terminal back as it found it.
     let after = nix::sys::termios::tcgetattr(pty.slave.as_fd()).unwrap();

@@ -2,7 +2,6 @@
 //! tree, as root. Every wait has a deadline and fails with what was seen.
 #![allow(dead_code)]
 
-use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -27,8 +26,15 @@ pub fn tree() -> PathBuf {
     tree
 }
 
+/// The berth binary under test: the one cargo built, or BERTH_BIN (the
+/// system tier runs this test binary inside its VM, where berth lies
+/// elsewhere).
+pub fn berth_bin() -> String {
+    std::env::var("BERTH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_berth").to_string())
+}
+
 pub fn berth() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
+    Command::new(berth_bin())
 }
 
 /// The cgroup2 mount of this host.
@@ -223,8 +229,14 @@ pub fn wait_gone(pid: i32, within: Duration) {
     }
 }
 
-pub fn read_all(mut r: impl Read) -> String {
-    let mut s = String::new();
-    r.read_to_string(&mut s).unwrap();
-    s
+/// Wait for a child process to exit; panics with `what` past `within`.
+pub fn wait_child(child: &mut Child, within: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what} (waited {within:?})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
