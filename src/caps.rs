@@ -45,11 +45,11 @@ pub fn to_drop(private_network: bool) -> Vec<Capability> {
         .collect()
 }
 
-/// Drop from the bounding, inheritable and ambient sets, so neither the init
-/// nor anything it starts can regain them.
-pub fn drop_bounding(private_network: bool) -> Result<(), caps::errors::CapsError> {
+/// Drop everything but `kept` from the bounding, inheritable and ambient
+/// sets, so neither the init nor anything it starts can regain it.
+pub fn drop_bounding(kept: &[Capability]) -> Result<(), caps::errors::CapsError> {
     caps::clear(None, caps::CapSet::Ambient)?;
-    for cap in to_drop(private_network) {
+    for cap in caps::all().into_iter().filter(|c| !kept.contains(c)) {
         // A capability the running kernel does not know is already absent.
         if caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false) {
             caps::drop(None, caps::CapSet::Bounding, cap)?;

@@ -1,9 +1,13 @@
-//! berth's command line.
+//! berth's command line. The settings flags of `berth boot` and `berth
+//! check` are made from the key table (config::keys::KEYS), one flag per
+//! key, so the file and the command line can never drift apart.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Arg, ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::config::keys::{KeyDef, KEYS};
+use crate::config::value::Kind;
 use crate::console::ConsoleMode;
 
 #[derive(Debug, Parser)]
@@ -23,6 +27,9 @@ pub enum Command {
     Boot(BootArgs),
     /// Run one command in the tree of machine NAME, without booting its init.
     Run(RunArgs),
+    /// Check machine NAME's settings (or a settings FILE) without booting, and
+    /// print the effective settings with where each value came from.
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -40,29 +47,17 @@ pub struct MachineArgs {
     /// use the unit's cgroup, and exit 133 on reboot so systemd restarts it.
     #[arg(long)]
     pub keep_unit: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum YesNo {
-    Yes,
-    No,
+    /// The machine's settings file [default: the first NAME.ini in
+    /// /etc/berth/machines.d, /run/berth/machines.d, /usr/lib/berth/machines.d].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct BootArgs {
     #[command(flatten)]
     pub machine: MachineArgs,
-    /// The init to run, a path inside the tree [default: the first of
-    /// /usr/lib/systemd/systemd, /lib/systemd/systemd, /sbin/init].
-    #[arg(long, value_name = "PATH")]
-    pub init: Option<PathBuf>,
-    /// Report ready when the init sends READY=1 (yes) or once it is started (no).
-    #[arg(long, value_enum, default_value = "yes")]
-    pub notify_ready: YesNo,
-    /// Signal for an orderly shutdown of the init [default: SIGRTMIN+3, systemd's halt].
-    #[arg(long, value_name = "SIGNAL")]
-    pub kill_signal: Option<String>,
-    /// Arguments for the init.
+    /// Arguments for the init ([Exec] Parameters=).
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
 }
@@ -76,25 +71,140 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A machine name, or the path of a settings file.
+    pub target: String,
+    /// The machine's tree, when it is not /var/lib/machines/NAME.
+    #[arg(short = 'D', long, value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+    /// Print the effective settings as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The parsed command line: the fixed arguments, and the settings flags
+/// given, in table order.
+pub struct Invocation {
+    pub cli: Cli,
+    pub settings: Vec<(&'static KeyDef, Vec<String>)>,
+}
+
+fn setting_args(cmd: clap::Command) -> clap::Command {
+    cmd.args(KEYS.iter().map(|k| {
+        let later = if k.later {
+            " (validated; applied by a later version)"
+        } else {
+            ""
+        };
+        let arg = Arg::new(k.flag())
+            .long(k.flag())
+            .value_name("VALUE")
+            .help(format!("[{}] {}={}", k.section, k.key, later))
+            .help_heading(format!("Settings of [{}]", k.section));
+        match (k.kind, k.repeatable) {
+            // `--read-only` or `--read-only=no`: the value only with '='.
+            (Kind::Bool, _) => arg
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("yes")
+                .action(ArgAction::Set),
+            (_, true) => arg.num_args(1).allow_hyphen_values(true).action(ArgAction::Append),
+            (_, false) => arg.num_args(1).allow_hyphen_values(true).action(ArgAction::Set),
+        }
+    }))
+}
+
+pub fn command() -> clap::Command {
+    Cli::command()
+        .mut_subcommand("boot", setting_args)
+        .mut_subcommand("check", setting_args)
+}
+
+pub fn parse_from<I, T>(args: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let mut settings = Vec::new();
+    if let Some((_, sub)) = matches.subcommand() {
+        for k in KEYS {
+            let given = sub.try_contains_id(&k.flag()).unwrap_or(false)
+                && sub.value_source(&k.flag()) == Some(clap::parser::ValueSource::CommandLine);
+            if given {
+                let values: Vec<String> = sub
+                    .get_many::<String>(&k.flag())
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
+                settings.push((k, values));
+            }
+        }
+    }
+    Ok(Invocation { cli, settings })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_boot_and_run() {
-        let cli =
-            Cli::try_parse_from(["berth", "boot", "debian", "--console=pipe", "--", "--log-level=debug"]).unwrap();
-        let Command::Boot(b) = cli.command else { panic!() };
+    fn parses_boot_run_and_settings_flags() {
+        let inv = parse_from([
+            "berth",
+            "boot",
+            "debian",
+            "--console=pipe",
+            "--bind",
+            "/srv",
+            "--bind=/opt:/opt:ro",
+            "--read-only",
+            "--kill-signal",
+            "SIGTERM",
+            "--",
+            "--log-level=debug",
+        ])
+        .unwrap();
+        let Command::Boot(b) = inv.cli.command else { panic!() };
         assert_eq!(b.machine.name.as_deref(), Some("debian"));
         assert_eq!(b.machine.console, Some(ConsoleMode::Pipe));
         assert_eq!(b.args, ["--log-level=debug"]);
-        assert_eq!(b.notify_ready, YesNo::Yes);
+        let got: Vec<(String, Vec<String>)> = inv.settings.iter().map(|(k, v)| (k.id(), v.clone())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("Exec.KillSignal".to_string(), vec!["SIGTERM".to_string()]),
+                ("Files.ReadOnly".to_string(), vec!["yes".to_string()]),
+                (
+                    "Files.Bind".to_string(),
+                    vec!["/srv".to_string(), "/opt:/opt:ro".to_string()]
+                ),
+            ]
+        );
 
-        let cli = Cli::try_parse_from(["berth", "run", "-D", "/srv/t", "--", "ls", "-l"]).unwrap();
-        let Command::Run(r) = cli.command else { panic!() };
+        let inv = parse_from(["berth", "run", "-D", "/srv/t", "--", "ls", "-l"]).unwrap();
+        let Command::Run(r) = inv.cli.command else { panic!() };
         assert_eq!(r.machine.directory, Some(PathBuf::from("/srv/t")));
         assert_eq!(r.command, ["ls", "-l"]);
-        assert!(Cli::try_parse_from(["berth", "run", "x"]).is_err());
-        assert!(Cli::try_parse_from(["berth", "boot", "x", "--console=loud"]).is_err());
+        assert!(parse_from(["berth", "run", "x"]).is_err());
+        assert!(parse_from(["berth", "boot", "x", "--console=loud"]).is_err());
+        assert!(parse_from(["berth", "run", "x", "--bind=/srv", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn every_key_has_a_boot_flag() {
+        let cmd = command();
+        let boot = cmd.find_subcommand("boot").unwrap();
+        for k in KEYS {
+            assert!(
+                boot.get_arguments().any(|a| a.get_long() == Some(k.flag().as_str())),
+                "no --{} for {}",
+                k.flag(),
+                k.id()
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod console;
 pub mod exit;
 pub mod lock;

@@ -1,12 +1,12 @@
-use clap::Parser;
-
-use berth::cli::{Cli, Command};
+use berth::cli::Command;
 
 fn main() {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Boot(args) => berth::commands::boot(args),
+    let invocation = berth::cli::parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let flags = invocation.settings;
+    let result = match invocation.cli.command {
+        Command::Boot(args) => berth::commands::boot(args, &flags),
         Command::Run(args) => berth::commands::run(args),
+        Command::Check(args) => berth::commands::check(args, &flags),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -14,6 +14,8 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root};
 
+use crate::spawn::{Files, ResolvConf};
+
 /// A failed setup step, as the child reports it to the supervisor.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} {}: {}", path.display(), errno.desc())]
@@ -305,14 +307,40 @@ pub fn restrict(root: &Path) -> Result<()> {
     remount_read_only(&run_host)
 }
 
-/// Step 5 (host network only): the host's resolver configuration, read-only,
-/// over the tree's /etc/resolv.conf when that is a plain file. A tree whose
-/// resolv.conf is a link (to systemd-resolved's, say) keeps its own.
-pub fn bind_resolv_conf(root: &Path) -> Result<()> {
+/// Step 5 (host network only): the host's resolver configuration. `Auto`:
+/// read-only over the tree's /etc/resolv.conf when that is a plain file (a
+/// tree whose resolv.conf is a link, to systemd-resolved's say, keeps its
+/// own); `BindHost`: always, creating the file if needed; `CopyHost`: a
+/// copy written into the tree.
+pub fn resolv_conf(root: &Path, mode: ResolvConf) -> Result<()> {
     let target = inside(root, "/etc/resolv.conf");
     let host = Path::new("/etc/resolv.conf");
+    if mode == ResolvConf::Off || !host.exists() {
+        return Ok(());
+    }
+    if mode == ResolvConf::CopyHost {
+        let _ = fs::remove_file(&target);
+        return io_step(
+            "copying the host's resolv.conf to",
+            &target,
+            fs::copy(host, &target).map(|_| ()),
+        );
+    }
     let is_plain_file = fs::symlink_metadata(&target).map(|m| m.is_file()).unwrap_or(false);
-    if is_plain_file && host.exists() {
+    if mode == ResolvConf::BindHost && !is_plain_file {
+        let _ = fs::remove_file(&target);
+        io_step(
+            "creating",
+            &target,
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .open(&target),
+        )?;
+    }
+    if is_plain_file || mode == ResolvConf::BindHost {
         bind(host, &target, MsFlags::empty())?;
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV;
         step(
@@ -322,6 +350,102 @@ pub fn bind_resolv_conf(root: &Path) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// [Files]: bind mounts, temporary file systems and inaccessible paths.
+pub fn mount_files(root: &Path, files: &Files) -> Result<()> {
+    for b in &files.binds {
+        let source = Path::new(&b.source);
+        let target = inside(root, &b.target);
+        let is_dir = io_step("looking at", source, fs::metadata(source))?.is_dir();
+        if is_dir {
+            mkdir_p(&target)?;
+        } else if !target.exists() {
+            if let Some(parent) = target.parent() {
+                mkdir_p(parent)?;
+            }
+            io_step(
+                "creating",
+                &target,
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o644)
+                    .open(&target),
+            )?;
+        }
+        bind(
+            source,
+            &target,
+            if b.recursive { MsFlags::MS_REC } else { MsFlags::empty() },
+        )?;
+        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+        for (on, f) in [
+            (b.read_only, MsFlags::MS_RDONLY),
+            (b.nosuid, MsFlags::MS_NOSUID),
+            (b.nodev, MsFlags::MS_NODEV),
+            (b.noexec, MsFlags::MS_NOEXEC),
+        ] {
+            if on {
+                flags |= f;
+            }
+        }
+        if flags != MsFlags::MS_BIND | MsFlags::MS_REMOUNT {
+            step(
+                "setting the options of",
+                &target,
+                mount(None::<&str>, &target, None::<&str>, flags, None::<&str>),
+            )?;
+        }
+    }
+    for (path, options) in &files.tmpfs {
+        let target = inside(root, path);
+        mkdir_p(&target)?;
+        let data = if options.is_empty() {
+            "mode=0755".to_string()
+        } else {
+            options.clone()
+        };
+        step(
+            "mounting a temporary file system on",
+            &target,
+            mount(Some("tmpfs"), &target, Some("tmpfs"), NOSUID_NODEV, Some(data.as_str())),
+        )?;
+    }
+    for path in &files.inaccessible {
+        let target = inside(root, path);
+        let meta = io_step("looking at", &target, fs::symlink_metadata(&target))?;
+        let kind = meta.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        let node = if kind.is_dir() {
+            "dir"
+        } else if kind.is_char_device() {
+            "chr"
+        } else if kind.is_block_device() {
+            "blk"
+        } else if kind.is_fifo() {
+            "fifo"
+        } else if kind.is_socket() {
+            "sock"
+        } else {
+            "reg"
+        };
+        let source = inside(root, &format!("{INACCESSIBLE_DIR}/{node}"));
+        bind(&source, &target, MsFlags::empty())?;
+        remount_read_only(&target)?;
+    }
+    Ok(())
+}
+
+/// ReadOnly=yes: the tree itself read-only (mounts on top keep their own).
+pub fn make_root_read_only(root: &Path) -> Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    step(
+        "making read-only",
+        root,
+        mount(None::<&str>, root, None::<&str>, flags, None::<&str>),
+    )
 }
 
 /// Step 6: make the tree the root. pivot_root puts the old root on top of

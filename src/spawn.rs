@@ -16,8 +16,8 @@ use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, execve, sethostname, set
 
 use crate::protocol::{self, Channel, ToChild, ToParent};
 use crate::rootfs::{self, step, SetupError};
+use crate::seccomp;
 use crate::sys::{self, Cloned};
-use crate::{caps, seccomp};
 
 /// What runs as the machine's PID 1.
 #[derive(Debug, Clone)]
@@ -37,6 +37,35 @@ pub struct ChildSpec {
     pub console: Option<PathBuf>,
     pub payload: Payload,
     pub env: Vec<String>,
+    /// The capability bounding set the machine keeps.
+    pub kept_caps: Vec<caps::Capability>,
+    /// Where the init or command starts, inside the machine.
+    pub working_directory: Option<PathBuf>,
+    pub resolv_conf: ResolvConf,
+    /// [Files] settings.
+    pub files: Files,
+}
+
+/// What the machine sees of the host's file system, beyond its tree.
+#[derive(Debug, Clone, Default)]
+pub struct Files {
+    pub read_only: bool,
+    pub binds: Vec<crate::config::value::Bind>,
+    /// (path inside the machine, tmpfs mount options)
+    pub tmpfs: Vec<(String, String)>,
+    pub inaccessible: Vec<String>,
+}
+
+/// [Exec] ResolvConf=: the machine shares the host's network for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolvConf {
+    /// The host's, read-only, over the tree's file when that is a plain file.
+    Auto,
+    Off,
+    /// The host's, read-only, always (created in the tree if missing).
+    BindHost,
+    /// A copy of the host's, written into the tree.
+    CopyHost,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,11 +189,21 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
                 errno: nix::errno::Errno::EPIPE,
             })?;
     }
+    // The admin's mounts go over the API file systems' and before the masks,
+    // so /run/host/inaccessible exists for Inaccessible=.
+    rootfs::mount_files(root, &spec.files)?;
     rootfs::restrict(root)?;
     // The machine shares the host's network (private networks come later),
     // so it uses the host's resolver configuration.
-    rootfs::bind_resolv_conf(root)?;
+    rootfs::resolv_conf(root, spec.resolv_conf)?;
+    // Read-only last: everything above may create mount points in the tree.
+    if spec.files.read_only {
+        rootfs::make_root_read_only(root)?;
+    }
     rootfs::enter(root)?;
+    if let Some(dir) = &spec.working_directory {
+        step("changing directory to", dir, nix::unistd::chdir(dir.as_path()))?;
+    }
 
     step("setting the hostname of", here, sethostname(&spec.hostname))?;
     // A session of its own, with the console as controlling terminal.
@@ -197,7 +236,7 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
 
     // Privileges last: capability drop needs CAP_SETPCAP, and the seccomp
     // filter is installed without no_new_privs, which needs CAP_SYS_ADMIN.
-    caps::drop_bounding(false).map_err(|_| SetupError {
+    crate::caps::drop_bounding(&spec.kept_caps).map_err(|_| SetupError {
         what: "dropping capabilities in",
         path: here.into(),
         errno: nix::errno::Errno::EPERM,

@@ -1,0 +1,413 @@
+//! Per-machine settings: machines.d/NAME.ini files and the `berth boot`
+//! flags of the same keys, validated strictly, merged (a flag wins over the
+//! file), each value remembering where it came from.
+
+pub mod ini;
+pub mod keys;
+pub mod value;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use keys::{KeyDef, KEYS, SECTIONS};
+use value::Value;
+
+/// Trusted places, searched in this order (admin, runtime, vendor); the
+/// first NAME.ini found is the machine's file.
+pub const SEARCH_DIRS: &[&str] = &[
+    "/etc/berth/machines.d",
+    "/run/berth/machines.d",
+    "/usr/lib/berth/machines.d",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File { path: PathBuf, line: usize },
+    Flag(String),
+    CommandLine,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Origin::Flag(flag) => write!(f, "--{flag}"),
+            Origin::CommandLine => f.write_str("arguments after --"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced {
+    pub value: Value,
+    pub origin: Origin,
+}
+
+/// A machine file and whether it is trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsFile {
+    pub path: PathBuf,
+    pub trusted: bool,
+}
+
+/// All errors of a load, one line each; shown together.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\nberth: "))]
+pub struct ConfigError(pub Vec<String>);
+
+#[derive(Debug, Default, Clone)]
+pub struct Settings {
+    /// Index into KEYS -> values (one for a plain key, a list for a
+    /// repeatable one), in table order.
+    values: BTreeMap<usize, Vec<Sourced>>,
+    pub file: Option<SettingsFile>,
+}
+
+fn index_of(def: &KeyDef) -> usize {
+    KEYS.iter()
+        .position(|k| std::ptr::eq(k, def))
+        .expect("a KeyDef of KEYS")
+}
+
+impl Settings {
+    pub fn get(&self, section: &str, key: &str) -> Option<&Sourced> {
+        self.all(section, key).last()
+    }
+
+    pub fn all(&self, section: &str, key: &str) -> &[Sourced] {
+        let def = keys::find(section, key).unwrap_or_else(|| panic!("unknown key {section}.{key}"));
+        self.values.get(&index_of(def)).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn bool(&self, section: &str, key: &str) -> Option<bool> {
+        match self.get(section, key)?.value {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn text(&self, section: &str, key: &str) -> Option<&str> {
+        match &self.get(section, key)?.value {
+            Value::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Every value set, in table order, for `berth check`.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static KeyDef, &Sourced)> {
+        self.values
+            .iter()
+            .flat_map(|(i, v)| v.iter().map(move |s| (&KEYS[*i], s)))
+    }
+
+    fn clear(&mut self, def: &KeyDef) {
+        self.values.remove(&index_of(def));
+    }
+
+    /// Set a key to one value, replacing what it had (e.g. trailing
+    /// arguments of `berth boot` replace Parameters=).
+    pub fn set(&mut self, def: &KeyDef, s: Sourced) {
+        self.clear(def);
+        self.push(def, s);
+    }
+
+    fn push(&mut self, def: &KeyDef, s: Sourced) {
+        let list = self.values.entry(index_of(def)).or_default();
+        if !def.repeatable {
+            list.clear();
+        }
+        list.push(s);
+    }
+}
+
+/// Where the settings of machine NAME come from: `--config FILE`, the first
+/// NAME.ini of SEARCH_DIRS, or (untrusted) NAME.ini next to the tree.
+pub fn locate(name: &str, tree_root: &Path, explicit: Option<&Path>) -> Option<SettingsFile> {
+    if let Some(p) = explicit {
+        return Some(SettingsFile {
+            path: p.to_path_buf(),
+            trusted: true,
+        });
+    }
+    let file_name = format!("{name}.ini");
+    for dir in SEARCH_DIRS {
+        let p = Path::new(dir).join(&file_name);
+        if p.exists() {
+            return Some(SettingsFile { path: p, trusted: true });
+        }
+    }
+    let beside = tree_root
+        .parent()?
+        .join(format!("{}.ini", tree_root.file_name()?.to_string_lossy()));
+    beside.exists().then_some(SettingsFile {
+        path: beside,
+        trusted: false,
+    })
+}
+
+/// Load one file into `settings`, collecting every error.
+pub fn load_file(settings: &mut Settings, file: &SettingsFile, errors: &mut Vec<String>) {
+    let path = &file.path;
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(format!(
+                "{}: cannot read: {}",
+                path.display(),
+                crate::util::os_error(&e)
+            ));
+            return;
+        }
+    };
+    load_text(settings, file, &text, errors);
+    settings.file = Some(file.clone());
+}
+
+pub fn load_text(settings: &mut Settings, file: &SettingsFile, text: &[u8], errors: &mut Vec<String>) {
+    let path = file.path.display();
+    let assignments = match ini::parse(text) {
+        Ok(a) => a,
+        Err(line_errors) => {
+            errors.extend(
+                line_errors
+                    .into_iter()
+                    .map(|e| format!("{path}:{}: {}", e.line, e.message)),
+            );
+            return;
+        }
+    };
+    let mut first_line: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut bad_sections: Vec<String> = Vec::new();
+    for a in assignments {
+        let here = format!("{path}:{}: [{}] {}={}", a.line, a.section, a.key, a.value);
+        if !SECTIONS.contains(&a.section.as_str()) {
+            if !bad_sections.contains(&a.section) {
+                let hint = keys::suggest(&a.section, SECTIONS.iter().copied())
+                    .map(|s| format!(" (did you mean [{s}]?)"))
+                    .unwrap_or_default();
+                errors.push(format!("{here}: unknown section [{}]{hint}", a.section));
+                bad_sections.push(a.section.clone());
+            }
+            continue;
+        }
+        let Some(def) = keys::find(&a.section, &a.key) else {
+            errors.push(format!("{here}: unknown key{}", unknown_key_hint(&a.section, &a.key)));
+            continue;
+        };
+        if def.privileged && !file.trusted {
+            errors.push(format!(
+                "{here}: not allowed in this file: it lies next to the machine's tree and is not trusted, and {} widens what the machine may do (put it in {}/NAME.ini)",
+                def.key, SEARCH_DIRS[0]
+            ));
+            continue;
+        }
+        let idx = index_of(def);
+        if !def.repeatable {
+            if let Some(first) = first_line.get(&idx) {
+                errors.push(format!(
+                    "{here}: {} is already set on line {first} and may be given once",
+                    def.key
+                ));
+                continue;
+            }
+            first_line.insert(idx, a.line);
+        }
+        if a.value.is_empty() {
+            // An empty assignment resets the key (clears a list).
+            settings.clear(def);
+            continue;
+        }
+        match check_value(def, &a.value) {
+            Ok(value) => settings.push(
+                def,
+                Sourced {
+                    value,
+                    origin: Origin::File {
+                        path: file.path.clone(),
+                        line: a.line,
+                    },
+                },
+            ),
+            Err(why) => errors.push(format!("{here}: {why}")),
+        }
+    }
+}
+
+fn unknown_key_hint(section: &str, key: &str) -> String {
+    if let Some(s) = keys::suggest(key, KEYS.iter().filter(|k| k.section == section).map(|k| k.key)) {
+        return format!(" (did you mean {s}?)");
+    }
+    match KEYS.iter().find(|k| k.key.eq_ignore_ascii_case(key)) {
+        Some(k) => format!(" (did you mean [{}] {}?)", k.section, k.key),
+        None => String::new(),
+    }
+}
+
+/// Parse a value and check what can be checked on the host.
+fn check_value(def: &KeyDef, text: &str) -> Result<Value, String> {
+    let mut value = value::parse(def.kind, text)?;
+    if let Value::Bind(b) = &mut value {
+        if !Path::new(&b.source).exists() {
+            return Err(format!("the source {} does not exist", b.source));
+        }
+        if def.key == "BindReadOnly" {
+            b.read_only = true;
+        }
+    }
+    Ok(value)
+}
+
+/// Apply command-line flags over the file: a flag wins (for a repeatable
+/// key, the flag's values replace the file's list; an empty one clears it).
+pub fn apply_flags(settings: &mut Settings, flags: &[(&'static KeyDef, Vec<String>)], errors: &mut Vec<String>) {
+    for (def, values) in flags {
+        settings.clear(def);
+        for v in values {
+            if v.is_empty() {
+                continue;
+            }
+            match check_value(def, v) {
+                Ok(value) => settings.push(
+                    def,
+                    Sourced {
+                        value,
+                        origin: Origin::Flag(def.flag()),
+                    },
+                ),
+                Err(why) => errors.push(format!("--{}={v}: {why}", def.flag())),
+            }
+        }
+    }
+}
+
+/// File then flags, all errors at once.
+pub fn load(
+    name: &str,
+    tree_root: &Path,
+    explicit: Option<&Path>,
+    flags: &[(&'static KeyDef, Vec<String>)],
+) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::default();
+    let mut errors = Vec::new();
+    if let Some(file) = locate(name, tree_root, explicit) {
+        load_file(&mut settings, &file, &mut errors);
+    }
+    apply_flags(&mut settings, flags, &mut errors);
+    if errors.is_empty() {
+        Ok(settings)
+    } else {
+        Err(ConfigError(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, trusted: bool) -> (Settings, Vec<String>) {
+        let file = SettingsFile {
+            path: "/etc/berth/machines.d/web.ini".into(),
+            trusted,
+        };
+        let mut s = Settings::default();
+        let mut errors = Vec::new();
+        load_text(&mut s, &file, text.as_bytes(), &mut errors);
+        (s, errors)
+    }
+
+    #[test]
+    fn every_error_of_a_file_at_once_with_file_and_line() {
+        let text = "[Exec]\nBoot=maybe\nHostnme=web\nBoot=yes\n[Exce]\nX=1\n[Files]\nBind=/nonexistent-src\nBind=relative\nHostname=x\n";
+        let (_, errors) = load_str(text, true);
+        let f = "/etc/berth/machines.d/web.ini";
+        assert_eq!(
+            errors,
+            vec![
+                format!("{f}:2: [Exec] Boot=maybe: expected a boolean: yes, no, true, false, on, off, 1 or 0"),
+                format!("{f}:3: [Exec] Hostnme=web: unknown key (did you mean Hostname?)"),
+                format!("{f}:4: [Exec] Boot=yes: Boot is already set on line 2 and may be given once"),
+                format!("{f}:6: [Exce] X=1: unknown section [Exce] (did you mean [Exec]?)"),
+                format!("{f}:8: [Files] Bind=/nonexistent-src: the source /nonexistent-src does not exist"),
+                format!("{f}:9: [Files] Bind=relative: source: expected an absolute path"),
+                format!("{f}:10: [Files] Hostname=x: unknown key (did you mean [Exec] Hostname?)"),
+            ]
+        );
+    }
+
+    #[test]
+    fn lists_repeat_and_empty_clears_last_wins_for_flags() {
+        let (s, errors) = load_str(
+            "[Exec]\nEnvironment=A=1\nEnvironment=B=2\n[Files]\nBind=/tmp\nBind=\nBind=/usr:/opt/usr:ro\n",
+            true,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let env: Vec<String> = s
+            .all("Exec", "Environment")
+            .iter()
+            .map(|v| v.value.to_string())
+            .collect();
+        assert_eq!(env, ["A=1", "B=2"]);
+        let binds: Vec<String> = s.all("Files", "Bind").iter().map(|v| v.value.to_string()).collect();
+        assert_eq!(binds, ["/usr:/opt/usr:ro,rbind"]);
+        assert_eq!(
+            s.get("Files", "Bind").unwrap().origin.to_string(),
+            "/etc/berth/machines.d/web.ini:7"
+        );
+
+        let mut s = s;
+        let mut errors = Vec::new();
+        let host = keys::find("Exec", "Hostname").unwrap();
+        let env_key = keys::find("Exec", "Environment").unwrap();
+        apply_flags(
+            &mut s,
+            &[(host, vec!["db".into()]), (env_key, vec!["C=3".into()])],
+            &mut errors,
+        );
+        assert!(errors.is_empty());
+        assert_eq!(s.text("Exec", "Hostname"), Some("db"));
+        assert_eq!(s.get("Exec", "Hostname").unwrap().origin.to_string(), "--hostname");
+        assert_eq!(s.all("Exec", "Environment").len(), 1);
+        apply_flags(&mut s, &[(host, vec!["bad name".into()])], &mut errors);
+        assert_eq!(
+            errors,
+            ["--hostname=bad name: only letters, digits, '-', '_' and '.' are allowed"]
+        );
+    }
+
+    #[test]
+    fn untrusted_files_may_not_widen() {
+        let (s, errors) = load_str(
+            "[Exec]\nBoot=yes\nCapability=CAP_NET_ADMIN\n[Files]\nBind=/tmp\nReadOnly=yes\n[Resources]\nMemoryMax=1G\n",
+            false,
+        );
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[1].starts_with("/etc/berth/machines.d/web.ini:5: [Files] Bind=/tmp: not allowed in this file: it lies next to the machine's tree and is not trusted, and Bind widens what the machine may do"), "{}", errors[1]);
+        assert_eq!(s.bool("Files", "ReadOnly"), Some(true));
+        assert_eq!(s.bool("Exec", "Boot"), Some(true));
+    }
+
+    #[test]
+    fn locations_in_order_and_beside_the_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("web");
+        std::fs::create_dir(&tree).unwrap();
+        assert_eq!(locate("web", &tree, None), None);
+        std::fs::write(t.path().join("web.ini"), "[Exec]\n").unwrap();
+        assert_eq!(
+            locate("web", &tree, None),
+            Some(SettingsFile {
+                path: t.path().join("web.ini"),
+                trusted: false
+            })
+        );
+        let explicit = t.path().join("x.ini");
+        assert_eq!(
+            locate("web", &tree, Some(&explicit)),
+            Some(SettingsFile {
+                path: explicit.clone(),
+                trusted: true
+            })
+        );
+    }
+}

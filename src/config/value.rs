@@ -1,0 +1,514 @@
+//! Value types of machine-file keys: one parser each. Errors are short
+//! phrases; the loader puts `FILE:LINE: [Section] Key=value:` in front.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Component, Path};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bool,
+    AbsolutePath,
+    Words,
+    EnvAssignment,
+    Hostname,
+    Signal,
+    Capabilities,
+    SystemCalls,
+    Choice(&'static [&'static str]),
+    UserName,
+    BindMount,
+    TmpFs,
+    InterfaceName,
+    ZoneName,
+    MacAddress,
+    AddressPrefix,
+    IpAddress,
+    PortForward,
+    Size,
+    Percent,
+    Weight,
+    Count,
+}
+
+/// A bind mount: host `source` shown at `target` inside the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+    pub recursive: bool,
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Bool(bool),
+    Text(String),
+    Words(Vec<String>),
+    Signal(i32),
+    /// A number; None is "infinity".
+    Limit(Option<u64>),
+    Bind(Bind),
+    TmpFs {
+        path: String,
+        options: String,
+    },
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(b) => f.write_str(if *b { "yes" } else { "no" }),
+            Value::Text(t) => f.write_str(t),
+            Value::Words(w) => f.write_str(&w.join(" ")),
+            Value::Signal(s) => write!(f, "{s}"),
+            Value::Limit(None) => f.write_str("infinity"),
+            Value::Limit(Some(n)) => write!(f, "{n}"),
+            Value::Bind(b) => {
+                let mut opts = vec![
+                    if b.read_only { "ro" } else { "rw" },
+                    if b.recursive { "rbind" } else { "norbind" },
+                ];
+                opts.extend(
+                    [(b.nosuid, "nosuid"), (b.nodev, "nodev"), (b.noexec, "noexec")]
+                        .iter()
+                        .filter(|(on, _)| *on)
+                        .map(|(_, n)| *n),
+                );
+                write!(f, "{}:{}:{}", b.source, b.target, opts.join(","))
+            }
+            Value::TmpFs { path, options } if options.is_empty() => f.write_str(path),
+            Value::TmpFs { path, options } => write!(f, "{path}:{options}"),
+        }
+    }
+}
+
+pub type Parsed = Result<Value, String>;
+
+pub fn parse(kind: Kind, text: &str) -> Parsed {
+    match kind {
+        Kind::Bool => parse_bool(text).map(Value::Bool),
+        Kind::AbsolutePath => absolute(text).map(Value::Text),
+        Kind::Words => words(text).map(Value::Words),
+        Kind::EnvAssignment => env_assignment(text).map(Value::Text),
+        Kind::Hostname => crate::name::MachineName::parse(text)
+            .map(|n| Value::Text(n.to_string()))
+            .map_err(|e| e.why.replace("it ", "the hostname ")),
+        Kind::Signal => crate::signals::parse(text)
+            .map(Value::Signal)
+            .map_err(|_| "not a signal: expected a name like SIGTERM or SIGRTMIN+3, or a number".to_string()),
+        Kind::Capabilities => capabilities(text).map(Value::Words),
+        Kind::SystemCalls => system_calls(text).map(Value::Words),
+        Kind::Choice(choices) => {
+            if choices.contains(&text) {
+                Ok(Value::Text(text.to_string()))
+            } else {
+                Err(format!("expected one of {}", choices.join(", ")))
+            }
+        }
+        Kind::UserName => user_name(text).map(Value::Text),
+        Kind::BindMount => bind(text).map(Value::Bind),
+        Kind::TmpFs => tmpfs(text),
+        Kind::InterfaceName => interface_name(text, 15).map(Value::Text),
+        Kind::ZoneName => interface_name(text, 12).map(Value::Text),
+        Kind::MacAddress => mac(text).map(Value::Text),
+        Kind::AddressPrefix => address_prefix(text).map(Value::Text),
+        Kind::IpAddress => text
+            .parse::<IpAddr>()
+            .map(|a| Value::Text(a.to_string()))
+            .map_err(|_| "not an IP address".into()),
+        Kind::PortForward => port_forward(text).map(Value::Text),
+        Kind::Size => size(text).map(Value::Limit),
+        Kind::Percent => percent(text).map(|p| Value::Limit(Some(p))),
+        Kind::Weight => match text.parse::<u64>() {
+            Ok(n) if (1..=10000).contains(&n) => Ok(Value::Limit(Some(n))),
+            _ => Err("expected a weight from 1 to 10000".into()),
+        },
+        Kind::Count => count(text).map(Value::Limit),
+    }
+}
+
+pub fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        _ => Err("expected a boolean: yes, no, true, false, on, off, 1 or 0".into()),
+    }
+}
+
+fn absolute(text: &str) -> Result<String, String> {
+    let p = Path::new(text);
+    if !p.is_absolute() {
+        return Err("expected an absolute path".into());
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err("the path must not contain \"..\"".into());
+    }
+    Ok(normalize(text))
+}
+
+/// Collapse repeated and trailing slashes: "/srv//data/" -> "/srv/data".
+fn normalize(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    format!("/{}", parts.join("/"))
+}
+
+/// Split on white space; "double" and 'single' quotes group words.
+pub fn words(text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in text.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err("a quote is not closed".into());
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+fn env_assignment(text: &str) -> Result<String, String> {
+    let unquoted = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
+    let (name, _) = unquoted.split_once('=').ok_or("expected NAME=VALUE")?;
+    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(format!("\"{name}\" is not a valid environment variable name"));
+    }
+    Ok(unquoted.to_string())
+}
+
+fn capabilities(text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for word in text.split_whitespace() {
+        if word == "all" {
+            out.push(word.to_string());
+            continue;
+        }
+        let name = if word.starts_with("CAP_") {
+            word.to_string()
+        } else {
+            format!("CAP_{word}")
+        };
+        match name.parse::<caps::Capability>() {
+            Ok(c) => out.push(c.to_string()),
+            Err(_) => return Err(format!("unknown capability \"{word}\"")),
+        }
+    }
+    if out.is_empty() {
+        return Err("expected capability names, like CAP_NET_ADMIN".into());
+    }
+    Ok(out)
+}
+
+fn system_calls(text: &str) -> Result<Vec<String>, String> {
+    let words: Vec<String> = text.split_whitespace().map(String::from).collect();
+    for w in &words {
+        let name = w.strip_prefix('~').unwrap_or(w);
+        let name = name.strip_prefix('@').unwrap_or(name);
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return Err(format!("\"{w}\" is not a system call name"));
+        }
+    }
+    if words.is_empty() {
+        return Err("expected system call names".into());
+    }
+    Ok(words)
+}
+
+fn user_name(text: &str) -> Result<String, String> {
+    let ok = text.parse::<u32>().is_ok()
+        || (text.len() <= 32
+            && text.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && text
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err("expected a user name or a numeric uid".into())
+    }
+}
+
+/// Split on ':' except where escaped as '\:'.
+fn split_colons(text: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&':') => {
+                parts.last_mut().unwrap().push(':');
+                chars.next();
+            }
+            ':' => parts.push(String::new()),
+            c => parts.last_mut().unwrap().push(c),
+        }
+    }
+    parts
+}
+
+/// Paths a bind mount may not cover inside the machine.
+pub const PROTECTED_TARGETS: &[&str] = &["/", "/proc", "/sys", "/dev", "/run/host"];
+
+fn bind(text: &str) -> Result<Bind, String> {
+    let parts = split_colons(text);
+    if parts.len() > 3 {
+        return Err("expected SOURCE[:DESTINATION[:OPTIONS]] (write ':' in a path as '\\:')".into());
+    }
+    let source = absolute(&parts[0]).map_err(|e| format!("source: {e}"))?;
+    if source == "/" {
+        return Err("binding the host's root directory is refused".into());
+    }
+    let target = match parts.get(1).filter(|t| !t.is_empty()) {
+        Some(t) => absolute(t).map_err(|e| format!("destination: {e}"))?,
+        None => source.clone(),
+    };
+    for p in PROTECTED_TARGETS {
+        let under = *p != "/" && target.starts_with(&format!("{p}/"));
+        if target == *p || under {
+            return Err(format!("binding over the machine's {p} is refused"));
+        }
+    }
+    let mut b = Bind {
+        source,
+        target,
+        read_only: false,
+        recursive: true,
+        nosuid: false,
+        nodev: false,
+        noexec: false,
+    };
+    if let Some(opts) = parts.get(2) {
+        for o in opts.split(',').filter(|o| !o.is_empty()) {
+            match o {
+                "ro" => b.read_only = true,
+                "rw" => b.read_only = false,
+                "rbind" => b.recursive = true,
+                "norbind" => b.recursive = false,
+                "nosuid" => b.nosuid = true,
+                "nodev" => b.nodev = true,
+                "noexec" => b.noexec = true,
+                other => {
+                    return Err(format!(
+                        "unknown option \"{other}\" (expected ro, rw, nosuid, nodev, noexec, rbind, norbind)"
+                    ))
+                }
+            }
+        }
+    }
+    Ok(b)
+}
+
+fn tmpfs(text: &str) -> Parsed {
+    let (path, options) = text.split_once(':').unwrap_or((text, ""));
+    let path = absolute(path)?;
+    if PROTECTED_TARGETS.contains(&path.as_str()) {
+        return Err(format!("a temporary file system over the machine's {path} is refused"));
+    }
+    if options.contains(['\n', '\0']) {
+        return Err("invalid mount options".into());
+    }
+    Ok(Value::TmpFs {
+        path,
+        options: options.to_string(),
+    })
+}
+
+fn interface_name(text: &str, max: usize) -> Result<String, String> {
+    if text.is_empty() || text.len() > max {
+        return Err(format!("an interface name has 1 to {max} characters"));
+    }
+    if text == "."
+        || text == ".."
+        || text.contains(['/', ':'])
+        || text.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err("not a valid interface name".into());
+    }
+    Ok(text.to_string())
+}
+
+fn mac(text: &str) -> Result<String, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+    if ok {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err("expected a MAC address like 02:00:00:12:34:56".into())
+    }
+}
+
+fn address_prefix(text: &str) -> Result<String, String> {
+    let (addr, prefix) = text
+        .split_once('/')
+        .ok_or("expected ADDRESS/PREFIX, like 10.0.0.2/24")?;
+    let addr: IpAddr = addr.parse().map_err(|_| format!("\"{addr}\" is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    match prefix.parse::<u8>() {
+        Ok(p) if p <= max => Ok(format!("{addr}/{p}")),
+        _ => Err(format!("the prefix length must be 0 to {max}")),
+    }
+}
+
+fn port_forward(text: &str) -> Result<String, String> {
+    let (proto, rest) = match text.split_once(':') {
+        Some((p @ ("tcp" | "udp"), rest)) => (p, rest),
+        _ => ("tcp", text),
+    };
+    let (host, machine) = rest.split_once(':').unwrap_or((rest, rest));
+    let port = |s: &str| s.parse::<u16>().ok().filter(|p| *p > 0);
+    match (port(host), port(machine)) {
+        (Some(h), Some(m)) => Ok(format!("{proto}:{h}:{m}")),
+        _ => Err("expected [tcp:|udp:]HOSTPORT[:MACHINEPORT] with ports 1 to 65535".into()),
+    }
+}
+
+pub fn size(text: &str) -> Result<Option<u64>, String> {
+    if text == "infinity" {
+        return Ok(None);
+    }
+    let bad = || "expected a size like 512M or 2G (K, M, G, T: powers of 1024), or infinity".to_string();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).map(Some).ok_or_else(bad)
+}
+
+fn percent(text: &str) -> Result<u64, String> {
+    match text.strip_suffix('%').map(str::parse::<u64>) {
+        Some(Ok(p)) if p > 0 => Ok(p),
+        _ => Err("expected a percentage like 50% (200% is two CPUs)".into()),
+    }
+}
+
+fn count(text: &str) -> Result<Option<u64>, String> {
+    if text == "infinity" {
+        return Ok(None);
+    }
+    match text.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err("expected a positive number or infinity".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds() {
+        let b = match parse(Kind::BindMount, "/srv/data:/data:ro,noexec,nosuid,nodev").unwrap() {
+            Value::Bind(b) => b,
+            v => panic!("{v:?}"),
+        };
+        assert_eq!(
+            (b.source.as_str(), b.target.as_str(), b.read_only, b.noexec),
+            ("/srv/data", "/data", true, true)
+        );
+        assert_eq!(
+            parse(Kind::BindMount, "/srv").unwrap().to_string(),
+            "/srv:/srv:rw,rbind"
+        );
+        assert_eq!(
+            parse(Kind::BindMount, "/a\\:b:/c").unwrap().to_string(),
+            "/a:b:/c:rw,rbind"
+        );
+        let err = |t| parse(Kind::BindMount, t).unwrap_err();
+        assert_eq!(err("srv"), "source: expected an absolute path");
+        assert_eq!(err("/"), "binding the host's root directory is refused");
+        assert_eq!(err("/srv:/proc/sys"), "binding over the machine's /proc is refused");
+        assert_eq!(err("/srv:/run/host"), "binding over the machine's /run/host is refused");
+        assert_eq!(err("/srv:/"), "binding over the machine's / is refused");
+        assert_eq!(
+            err("/srv:/x:ro,loud"),
+            "unknown option \"loud\" (expected ro, rw, nosuid, nodev, noexec, rbind, norbind)"
+        );
+        assert!(parse(Kind::BindMount, "/srv:/run/hostname").is_ok());
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(parse(Kind::Bool, "Yes"), Ok(Value::Bool(true)));
+        assert!(parse(Kind::Bool, "maybe").is_err());
+        assert_eq!(parse(Kind::Size, "512M"), Ok(Value::Limit(Some(512 << 20))));
+        assert_eq!(parse(Kind::Size, "infinity"), Ok(Value::Limit(None)));
+        assert!(parse(Kind::Size, "12Q").is_err());
+        assert_eq!(parse(Kind::Percent, "150%"), Ok(Value::Limit(Some(150))));
+        assert!(parse(Kind::Weight, "0").is_err());
+        assert_eq!(
+            parse(Kind::AddressPrefix, "10.0.0.2/24"),
+            Ok(Value::Text("10.0.0.2/24".into()))
+        );
+        assert_eq!(
+            parse(Kind::AddressPrefix, "10.0.0.2/33").unwrap_err(),
+            "the prefix length must be 0 to 32"
+        );
+        assert_eq!(
+            parse(Kind::PortForward, "8080:80"),
+            Ok(Value::Text("tcp:8080:80".into()))
+        );
+        assert_eq!(parse(Kind::PortForward, "udp:53"), Ok(Value::Text("udp:53:53".into())));
+        assert_eq!(
+            parse(Kind::Capabilities, "NET_ADMIN CAP_SYS_TIME"),
+            Ok(Value::Words(vec!["CAP_NET_ADMIN".into(), "CAP_SYS_TIME".into()]))
+        );
+        assert_eq!(
+            parse(Kind::Capabilities, "CAP_FLY").unwrap_err(),
+            "unknown capability \"CAP_FLY\""
+        );
+        assert_eq!(parse(Kind::EnvAssignment, "\"A=1 2\""), Ok(Value::Text("A=1 2".into())));
+        assert!(parse(Kind::EnvAssignment, "1A=x").is_err());
+        assert_eq!(
+            parse(Kind::Words, "--a 'b c' \"d\""),
+            Ok(Value::Words(vec!["--a".into(), "b c".into(), "d".into()]))
+        );
+        assert_eq!(parse(Kind::AbsolutePath, "/srv//x/"), Ok(Value::Text("/srv/x".into())));
+        assert_eq!(
+            parse(Kind::AbsolutePath, "/srv/../etc").unwrap_err(),
+            "the path must not contain \"..\""
+        );
+        assert_eq!(
+            parse(Kind::Choice(&["no", "yes"]), "maybe").unwrap_err(),
+            "expected one of no, yes"
+        );
+        assert_eq!(
+            parse(Kind::TmpFs, "/var/tmp:mode=1777,size=64M").unwrap().to_string(),
+            "/var/tmp:mode=1777,size=64M"
+        );
+    }
+}
