@@ -545,3 +545,229 @@ fn only_pid1_speaks_for_readiness_and_status_is_passed_on() {
     m.signal(libc::SIGTERM);
     assert_eq!(m.wait_exit(Duration::from_secs(5)).code(), Some(128 + libc::SIGKILL));
 }
+
+// ---- machine settings ([Exec], [Files]) --------------------------------
+
+fn write_config(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(format!("{name}.ini"));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn files_settings_bind_tmpfs_inaccessible_read_only() {
+    let tree = tree();
+    let t = tempfile::tempdir().unwrap();
+    let (rw, ro) = (t.path().join("rw"), t.path().join("ro"));
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(rw.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(rw.join("run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(ro.join("shared"), "from the host\n").unwrap();
+    let script = "echo data > /srv/rw/new && echo rw-ok; \
+        (echo x > /srv/ro/new) 2>/dev/null || echo ro-refused; \
+        cat /srv/ro/shared; \
+        /srv/rw/run.sh 2>/dev/null || echo noexec-refused; \
+        (touch /berth-rootfile) 2>/dev/null || echo root-read-only; \
+        echo t > /mnt/scratch/t && grep -q ' /mnt/scratch tmpfs ' /proc/mounts && echo tmpfs-ok; \
+        echo issue=$(wc -c < /etc/issue); \
+        pwd";
+    let config = write_config(
+        t.path(),
+        "t-files",
+        &format!(
+            "[Exec]\nBoot=no\nParameters=sh -c \"{script}\"\nWorkingDirectory=/srv\n\n[Files]\nReadOnly=yes\nBind={}:/srv/rw:noexec\nBindReadOnly={}:/srv/ro\nTemporaryFileSystem=/mnt/scratch:size=1M\nInaccessible=/etc/issue\n",
+            rw.display(),
+            ro.display()
+        ),
+    );
+    let out = run_berth(&[
+        "boot",
+        "t-files",
+        "-D",
+        tree.to_str().unwrap(),
+        "--console=pipe",
+        "--config",
+        &config,
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        stdout_of(&out),
+        "rw-ok\nro-refused\nfrom the host\nnoexec-refused\nroot-read-only\ntmpfs-ok\nissue=0\n/srv"
+    );
+    assert_eq!(std::fs::read_to_string(rw.join("new")).unwrap(), "data\n");
+    assert!(!ro.join("new").exists());
+    assert!(host_mounts_under(t.path()).is_empty());
+}
+
+#[test]
+fn environment_and_hostname_reach_pid1_flag_over_file() {
+    let t = tempfile::tempdir().unwrap();
+    let config = write_config(
+        t.path(),
+        "t-env",
+        "[Exec]\nHostname=from-file\nEnvironment=FROM_FILE=1\nEnvironment=\"BOTH=file value\"\n",
+    );
+    let mut m = Machine::boot(
+        "t-env",
+        &[
+            "--config",
+            &config,
+            "--environment=BOTH=flag",
+            "--environment=FROM_FLAG=2",
+        ],
+    );
+    m.wait_ready();
+    let env = std::fs::read(format!("/proc/{}/environ", m.leader())).unwrap();
+    let env: Vec<String> = String::from_utf8_lossy(&env).split('\0').map(String::from).collect();
+    // The flag's list replaces the file's.
+    assert!(
+        env.contains(&"BOTH=flag".to_string()) && env.contains(&"FROM_FLAG=2".to_string()),
+        "{env:?}"
+    );
+    assert!(!env.iter().any(|e| e.starts_with("FROM_FILE=")), "{env:?}");
+    assert_eq!(m.exec_ok(&["hostname"]), "from-file");
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn untrusted_file_next_to_the_tree_may_not_widen() {
+    let tree = tree();
+    let t = tempfile::tempdir().unwrap();
+    let link = t.path().join("t-untrusted");
+    std::os::unix::fs::symlink(&tree, &link).unwrap();
+    let ini = write_config(t.path(), "t-untrusted", "[Exec]\nHostname=x\n[Files]\nBind=/tmp\n");
+    let out = run_berth(&["boot", "-D", link.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_of(&out),
+        format!("berth: {ini}:4: [Files] Bind=/tmp: not allowed in this file: it lies next to the machine's tree and is not trusted, and Bind widens what the machine may do (put it in /etc/berth/machines.d/NAME.ini)")
+    );
+    assert!(!scope_of("t-untrusted").exists());
+}
+
+#[test]
+fn every_settings_error_at_once_and_nothing_booted() {
+    let tree = tree();
+    let t = tempfile::tempdir().unwrap();
+    let ini = write_config(
+        t.path(),
+        "t-bad",
+        "[Exec]\nBoot=perhaps\nHostnme=web\n[Files]\nBind=relative\nVolatile=sometimes\n",
+    );
+    let out = run_berth(&[
+        "boot",
+        "t-bad",
+        "-D",
+        tree.to_str().unwrap(),
+        "--config",
+        &ini,
+        "--read-only=maybe",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_of(&out),
+        [
+            format!("berth: {ini}:2: [Exec] Boot=perhaps: expected a boolean: yes, no, true, false, on, off, 1 or 0"),
+            format!("berth: {ini}:3: [Exec] Hostnme=web: unknown key (did you mean Hostname?)"),
+            format!("berth: {ini}:5: [Files] Bind=relative: source: expected an absolute path"),
+            format!("berth: {ini}:6: [Files] Volatile=sometimes: expected one of no, yes, state, overlay"),
+            "berth: --read-only=maybe: expected a boolean: yes, no, true, false, on, off, 1 or 0".to_string(),
+        ]
+        .join("\n")
+    );
+    assert!(!scope_of("t-bad").exists());
+    assert!(!Path::new("/run/berth/t-bad.lock").exists());
+}
+
+/// The example files of machines.d/: `berth check` explains each, and each
+/// boots (the storage example needs its host directories).
+#[test]
+fn examples_check_and_boot() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("machines.d");
+    let example_dirs = [
+        "/var/lib/berth-example/storage/data",
+        "/var/lib/berth-example/storage/shared",
+    ];
+    for d in example_dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    for name in ["debian", "bridged", "storage"] {
+        let ini = examples.join(format!("{name}.ini"));
+        let out = run_berth(&["check", ini.to_str().unwrap()]);
+        assert!(out.status.success(), "{name}: {}", stderr_of(&out));
+        let text = stdout_of(&out);
+        assert!(
+            text.starts_with(&format!("# machine {name}: settings from {} (trusted)", ini.display())),
+            "{text}"
+        );
+        let json = run_berth(&["check", ini.to_str().unwrap(), "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert_eq!(v["machine"], name);
+        assert_eq!(v["file"]["trusted"], true);
+        let origin_of = |section: &str, key: &str| -> String {
+            v["settings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["section"] == section && s["key"] == key)
+                .map(|s| s["origin"].as_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        assert!(
+            origin_of("Exec", "Hostname").starts_with(&ini.display().to_string()),
+            "{name}"
+        );
+        assert_eq!(origin_of("Exec", "NotifyReady"), "default");
+    }
+    let storage = stdout_of(&run_berth(&[
+        "check",
+        examples.join("storage.ini").to_str().unwrap(),
+        "--memory-max=1G",
+    ]));
+    let line = |key: &str| {
+        storage
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("Bind=").starts_with("Bind=/var/lib/berth-example/storage/data:/srv/data:rw,rbind,nosuid,nodev,noexec"),
+        "{storage}"
+    );
+    assert!(line("Bind=").ends_with("storage.ini:11"), "{storage}");
+    assert!(line("CPUQuota=").starts_with("CPUQuota=200% "), "{storage}");
+    assert!(
+        line("MemoryMax=").starts_with("MemoryMax=1073741824") && line("MemoryMax=").ends_with("# --memory-max"),
+        "{storage}"
+    );
+
+    for name in ["debian", "bridged", "storage"] {
+        let ini = examples.join(format!("{name}.ini"));
+        let mut m = Machine::boot(&format!("t-ex-{name}"), &["--config", ini.to_str().unwrap()]);
+        m.wait_ready();
+        assert_eq!(m.exec_ok(&["cat", "/proc/1/comm"]), "systemd", "{name}");
+        if name == "storage" {
+            assert!(!m.exec(&["touch", "/berth-rootfile"]).status.success(), "root writable");
+            m.exec_ok(&["touch", "/srv/data/berth-test"]);
+        }
+        m.signal(libc::SIGTERM);
+        assert_eq!(
+            m.wait_exit(Duration::from_secs(10)).code(),
+            Some(0),
+            "{name}: {}",
+            m.stderr()
+        );
+        if name == "bridged" {
+            assert!(
+                m.stderr()
+                    .contains("[Network] Bridge=br0 is checked but not applied yet"),
+                "{}",
+                m.stderr()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all("/var/lib/berth-example");
+}

@@ -51,6 +51,7 @@ pub enum Value {
     Signal(i32),
     /// A number; None is "infinity".
     Limit(Option<u64>),
+    Percent(u64),
     Bind(Bind),
     TmpFs {
         path: String,
@@ -67,6 +68,7 @@ impl fmt::Display for Value {
             Value::Signal(s) => write!(f, "{s}"),
             Value::Limit(None) => f.write_str("infinity"),
             Value::Limit(Some(n)) => write!(f, "{n}"),
+            Value::Percent(p) => write!(f, "{p}%"),
             Value::Bind(b) => {
                 let mut opts = vec![
                     if b.read_only { "ro" } else { "rw" },
@@ -122,7 +124,7 @@ pub fn parse(kind: Kind, text: &str) -> Parsed {
             .map_err(|_| "not an IP address".into()),
         Kind::PortForward => port_forward(text).map(Value::Text),
         Kind::Size => size(text).map(Value::Limit),
-        Kind::Percent => percent(text).map(|p| Value::Limit(Some(p))),
+        Kind::Percent => percent(text).map(Value::Percent),
         Kind::Weight => match text.parse::<u64>() {
             Ok(n) if (1..=10000).contains(&n) => Ok(Value::Limit(Some(n))),
             _ => Err("expected a weight from 1 to 10000".into()),
@@ -468,7 +470,7 @@ mod tests {
         assert_eq!(parse(Kind::Size, "512M"), Ok(Value::Limit(Some(512 << 20))));
         assert_eq!(parse(Kind::Size, "infinity"), Ok(Value::Limit(None)));
         assert!(parse(Kind::Size, "12Q").is_err());
-        assert_eq!(parse(Kind::Percent, "150%"), Ok(Value::Limit(Some(150))));
+        assert_eq!(parse(Kind::Percent, "150%").unwrap().to_string(), "150%");
         assert!(parse(Kind::Weight, "0").is_err());
         assert_eq!(
             parse(Kind::AddressPrefix, "10.0.0.2/24"),
