@@ -14,7 +14,7 @@ use crate::console::ConsoleMode;
 use crate::lock;
 use crate::name::MachineName;
 use crate::signals;
-use crate::spawn::{ChildSpec, Files, Payload, ResolvConf};
+use crate::spawn::{ChildSpec, Files, Payload, ResolvConf, Volatile};
 use crate::supervisor::{self, Plan};
 use crate::tree::{self, Tree};
 
@@ -90,6 +90,12 @@ pub fn boot(args: BootArgs, flags: &Flags) -> anyhow::Result<i32> {
     };
     spec.files = Files {
         read_only: settings.bool("Files", "ReadOnly").unwrap_or(false),
+        volatile: match settings.text("Files", "Volatile") {
+            Some("yes") => Volatile::Yes,
+            Some("state") => Volatile::State,
+            Some("overlay") => Volatile::Overlay,
+            _ => Volatile::No,
+        },
         binds: ["Bind", "BindReadOnly"]
             .iter()
             .flat_map(|k| settings.all("Files", k))
@@ -128,7 +134,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 /// them beats a machine that silently differs from its file.
 fn refuse_unapplied(name: &MachineName, settings: &Settings) -> anyhow::Result<()> {
     let unsupported: &[(&str, &str, &[&str])] = &[
-        ("Files", "Volatile", &["no"]),
         ("Exec", "User", &[]),
         ("Exec", "SystemCallFilter", &[]),
         ("Exec", "Timezone", &["auto", "off"]),

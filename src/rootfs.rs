@@ -14,7 +14,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root};
 
-use crate::spawn::{Files, ResolvConf};
+use crate::spawn::{Files, ResolvConf, Volatile};
 
 /// A failed setup step, as the child reports it to the supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -201,16 +201,80 @@ fn remount_read_only(path: &Path) -> Result<()> {
     )
 }
 
-/// Step 1: cut propagation to the host, and make the tree a mount point of
-/// its own (pivot_root needs one).
-pub fn isolate(root: &Path) -> Result<()> {
+/// Step 1: cut propagation to the host, and make the machine's root a mount
+/// point of its own (pivot_root needs one): the tree itself, or for
+/// Volatile= a tmpfs holding the parts of it the machine may see.
+pub fn isolate(root: &Path, volatile: Volatile, machine_id: &str) -> Result<()> {
     let flags = MsFlags::MS_REC | MsFlags::MS_SLAVE;
     step(
         "changing propagation of",
         Path::new("/"),
         mount(None::<&str>, "/", None::<&str>, flags, None::<&str>),
     )?;
-    bind(root, root, MsFlags::MS_REC)
+    match volatile {
+        Volatile::No => bind(root, root, MsFlags::MS_REC),
+        Volatile::State => {
+            bind(root, root, MsFlags::MS_REC)?;
+            make_root_read_only(root)?;
+            let var = inside(root, "/var");
+            step(
+                "mounting a temporary /var on",
+                &var,
+                mount(Some("tmpfs"), &var, Some("tmpfs"), NOSUID_NODEV, Some("mode=0755")),
+            )
+        }
+        Volatile::Yes | Volatile::Overlay => {
+            // Keep a way to the tree before a tmpfs hides it.
+            let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC;
+            let tree = step("opening", root, nix::fcntl::open(root, flags, Mode::empty()))?;
+            let tree_path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&tree)));
+            let tmpfs = mount(Some("tmpfs"), root, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"));
+            step("mounting a temporary root on", root, tmpfs)?;
+            if volatile == Volatile::Overlay {
+                let (upper, work) = (inside(root, "/upper"), inside(root, "/work"));
+                mkdir_p(&upper)?;
+                mkdir_p(&work)?;
+                let data = format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    tree_path.display(),
+                    upper.display(),
+                    work.display()
+                );
+                let overlay = mount(
+                    Some("overlay"),
+                    root,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(data.as_str()),
+                );
+                return step("mounting an overlay on", root, overlay);
+            }
+            // Volatile=yes: only /usr comes from the tree, read-only; the
+            // merged-/usr links make it bootable.
+            let usr = inside(root, "/usr");
+            mkdir_p(&usr)?;
+            bind(&tree_path.join("usr"), &usr, MsFlags::MS_REC)?;
+            make_root_read_only(&usr)?; // read-only, still executable
+            for (link, target) in [
+                ("bin", "usr/bin"),
+                ("sbin", "usr/sbin"),
+                ("lib", "usr/lib"),
+                ("lib64", "usr/lib64"),
+            ] {
+                if inside(root, target).exists() {
+                    let path = inside(root, link);
+                    io_step("creating symlink", &path, symlink(target, &path))?;
+                }
+            }
+            for dir in ["etc", "var", "proc", "sys", "dev", "run", "tmp", "root"] {
+                mkdir_p(&inside(root, dir))?;
+            }
+            // An /etc with a machine id is not a "first boot": without it,
+            // systemd-firstboot would wait for answers on the console.
+            let path = inside(root, "/etc/machine-id");
+            io_step("writing", &path, fs::write(&path, format!("{machine_id}\n")))
+        }
+    }
 }
 
 /// Step 2: API file systems, device nodes and /dev links. `console` is the
@@ -438,7 +502,8 @@ pub fn mount_files(root: &Path, files: &Files) -> Result<()> {
     Ok(())
 }
 
-/// ReadOnly=yes: the tree itself read-only (mounts on top keep their own).
+/// ReadOnly=yes: the tree itself read-only (mounts on top keep their own);
+/// also any bind mount made read-only without other changes.
 pub fn make_root_read_only(root: &Path) -> Result<()> {
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
     step(

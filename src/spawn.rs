@@ -50,10 +50,25 @@ pub struct ChildSpec {
 #[derive(Debug, Clone, Default)]
 pub struct Files {
     pub read_only: bool,
+    pub volatile: Volatile,
     pub binds: Vec<crate::config::value::Bind>,
     /// (path inside the machine, tmpfs mount options)
     pub tmpfs: Vec<(String, String)>,
     pub inaccessible: Vec<String>,
+}
+
+/// [Files] Volatile=: what of the tree the machine may change for good.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Volatile {
+    /// The tree as it is.
+    #[default]
+    No,
+    /// A fresh tmpfs root with only the tree's /usr, read-only.
+    Yes,
+    /// The tree read-only, with a fresh tmpfs on /var.
+    State,
+    /// The whole tree, with every change kept on a tmpfs above it.
+    Overlay,
 }
 
 /// [Exec] ResolvConf=: the machine shares the host's network for now.
@@ -174,7 +189,13 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     let root = &spec.root;
     // Mounts first, while the host's files (os-release, the console pty)
     // are still reachable; pivot_root last.
-    rootfs::isolate(root)?;
+    let machine_id: String = spec
+        .env
+        .iter()
+        .find_map(|e| e.strip_prefix("container_uuid="))
+        .unwrap_or_default()
+        .replace('-', "");
+    rootfs::isolate(root, spec.files.volatile, &machine_id)?;
     rootfs::mount_api(root, spec.console.as_deref())?;
     rootfs::populate_run_host(root)?;
     if matches!(spec.payload, Payload::Init { .. }) {

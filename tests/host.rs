@@ -771,3 +771,36 @@ fn examples_check_and_boot() {
     }
     let _ = std::fs::remove_dir_all("/var/lib/berth-example");
 }
+
+#[test]
+fn volatile_changes_vanish_after_poweroff() {
+    let tree = tree();
+    // (mode, where the machine may write, whether /usr is read-only)
+    for (mode, path, usr_read_only) in [
+        ("overlay", "/etc/berth-volatile", false),
+        ("yes", "/etc/berth-volatile", true),
+        ("state", "/var/berth-volatile", true),
+    ] {
+        let mut m = Machine::boot(&format!("t-vol-{mode}"), &[&format!("--volatile={mode}")]);
+        m.wait_ready();
+        assert_eq!(
+            m.exec_ok(&["systemctl", "is-system-running"]),
+            "running",
+            "Volatile={mode}"
+        );
+        m.exec_ok(&["sh", "-c", &format!("echo x > {path}")]);
+        let usr_write = m.exec(&["touch", "/usr/berth-volatile"]).status.success();
+        assert_eq!(
+            usr_write, !usr_read_only,
+            "Volatile={mode}: /usr writable = {usr_write}"
+        );
+        let _ = m.exec(&["systemctl", "poweroff"]);
+        assert_eq!(m.wait_exit(Duration::from_secs(20)).code(), Some(0), "Volatile={mode}");
+        for p in [path, "/usr/berth-volatile"] {
+            assert!(
+                !tree.join(p.trim_start_matches('/')).exists(),
+                "Volatile={mode}: {p} reached the tree"
+            );
+        }
+    }
+}
