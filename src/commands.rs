@@ -14,7 +14,7 @@ use crate::console::ConsoleMode;
 use crate::lock;
 use crate::name::MachineName;
 use crate::signals;
-use crate::spawn::{ChildSpec, Files, Payload, ResolvConf, Volatile};
+use crate::spawn::{ChildSpec, Files, LinkJournal, Payload, ResolvConf, Timezone, Volatile};
 use crate::supervisor::{self, Plan};
 use crate::tree::{self, Tree};
 
@@ -82,6 +82,35 @@ pub fn boot(args: BootArgs, flags: &Flags) -> anyhow::Result<i32> {
         .to_string();
     spec.kept_caps = kept_capabilities(&settings);
     spec.working_directory = settings.text("Exec", "WorkingDirectory").map(PathBuf::from);
+    if let Some(Value::Words(words)) = settings.get("Exec", "SystemCallFilter").map(|s| &s.value) {
+        (spec.seccomp_allow, spec.seccomp_deny) = crate::seccomp::adjustments(words);
+    }
+    spec.link_journal = match settings.text("Exec", "LinkJournal") {
+        Some("auto") => LinkJournal::Auto,
+        Some("host") => LinkJournal::Host,
+        Some("try-host") => LinkJournal::TryHost,
+        _ => LinkJournal::No,
+    };
+    spec.timezone = match settings.text("Exec", "Timezone") {
+        Some("auto") => Timezone::Auto,
+        Some("bind") => Timezone::Bind,
+        Some("copy") => Timezone::Copy,
+        _ => Timezone::Off,
+    };
+    if let Some(user) = settings.get("Exec", "User") {
+        if matches!(spec.payload, Payload::Init { .. }) {
+            bail!(
+                "machine \"{}\": {}: User= applies with Boot=no (a booted init runs as root)",
+                tree.name,
+                user.origin
+            );
+        }
+        let creds = tree.lookup_user(&user.value.to_string())?;
+        for (var, value) in [("HOME", &creds.home), ("USER", &creds.name), ("LOGNAME", &creds.name)] {
+            set_env(&mut spec.env, &format!("{var}={value}"));
+        }
+        spec.user = Some(creds);
+    }
     spec.resolv_conf = match settings.text("Exec", "ResolvConf") {
         Some("off") => ResolvConf::Off,
         Some("bind-host") => ResolvConf::BindHost,
@@ -133,13 +162,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 /// Keys this version parses and validates but cannot apply yet: refusing
 /// them beats a machine that silently differs from its file.
 fn refuse_unapplied(name: &MachineName, settings: &Settings) -> anyhow::Result<()> {
-    let unsupported: &[(&str, &str, &[&str])] = &[
-        ("Exec", "User", &[]),
-        ("Exec", "SystemCallFilter", &[]),
-        ("Exec", "Timezone", &["auto", "off"]),
-        ("Exec", "LinkJournal", &["no", "auto"]),
-        ("Exec", "PrivateUsers", &["no"]),
-    ];
+    let unsupported: &[(&str, &str, &[&str])] = &[("Exec", "PrivateUsers", &["no"])];
     let mut errors = Vec::new();
     for (section, key, fine) in unsupported {
         for s in settings.all(section, key) {
@@ -251,6 +274,11 @@ fn child_spec(tree: &Tree, payload: Payload, env: Vec<String>) -> ChildSpec {
         working_directory: None,
         resolv_conf: ResolvConf::Auto,
         files: Files::default(),
+        seccomp_allow: vec![],
+        seccomp_deny: vec![],
+        user: None,
+        link_journal: LinkJournal::No,
+        timezone: Timezone::Off,
     }
 }
 

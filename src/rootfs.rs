@@ -14,7 +14,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root};
 
-use crate::spawn::{Files, ResolvConf, Volatile};
+use crate::spawn::{Files, LinkJournal, ResolvConf, Timezone, Volatile};
 
 /// A failed setup step, as the child reports it to the supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -414,6 +414,66 @@ pub fn resolv_conf(root: &Path, mode: ResolvConf) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Timezone=: the host's zone for the machine. Off leaves the tree alone;
+/// Copy writes the host's zone file into the tree; Bind shows it read-only
+/// over the tree's /etc/localtime (a link there is replaced by a plain file
+/// once); Auto binds only when that needs no change to the tree.
+pub fn timezone(root: &Path, mode: Timezone) -> Result<()> {
+    let Ok(host) = fs::canonicalize("/etc/localtime") else {
+        return Ok(());
+    };
+    let target = inside(root, "/etc/localtime");
+    let is_plain_file = fs::symlink_metadata(&target).map(|m| m.is_file()).unwrap_or(false);
+    match mode {
+        Timezone::Off => Ok(()),
+        Timezone::Auto if !is_plain_file => Ok(()),
+        Timezone::Copy => {
+            let _ = fs::remove_file(&target);
+            io_step(
+                "copying the host's time zone to",
+                &target,
+                fs::copy(&host, &target).map(|_| ()),
+            )
+        }
+        Timezone::Bind | Timezone::Auto => {
+            if !is_plain_file {
+                let _ = fs::remove_file(&target);
+                let create = fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o644)
+                    .open(&target);
+                io_step("creating", &target, create)?;
+            }
+            bind(&host, &target, MsFlags::empty())?;
+            make_root_read_only(&target)
+        }
+    }
+}
+
+/// LinkJournal=: the machine's journal directory lives on the host, as
+/// /var/log/journal/MACHINE-ID, bound to the same path in the machine.
+pub fn link_journal(root: &Path, mode: LinkJournal, machine_id: &str) -> Result<()> {
+    let wanted = match mode {
+        LinkJournal::No => false,
+        LinkJournal::Auto => Path::new("/var/log/journal").is_dir(),
+        LinkJournal::Host | LinkJournal::TryHost => true,
+    };
+    if !wanted || machine_id.len() != 32 {
+        return Ok(());
+    }
+    let host_dir = Path::new("/var/log/journal").join(machine_id);
+    let target = inside(root, &format!("/var/log/journal/{machine_id}"));
+    let result = mkdir_p(&host_dir)
+        .and_then(|_| mkdir_p(&target))
+        .and_then(|_| bind(&host_dir, &target, MsFlags::empty()));
+    match (result, mode) {
+        (Err(e), LinkJournal::Host) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// [Files]: bind mounts, temporary file systems and inaccessible paths.

@@ -165,22 +165,146 @@ const X32_BIT_OR_ZERO: u32 = X32_SYSCALL_BIT;
 #[cfg(not(target_arch = "x86_64"))]
 const X32_BIT_OR_ZERO: u32 = 0;
 
-/// The whole filter. Calls of an ABI not listed here are allowed: the filter
-/// cannot judge numbers it does not know.
+/// Calls `SystemCallFilter=` may name: the denied ones (to allow them again)
+/// and those an admin may want to refuse (native numbers).
+macro_rules! known {
+    ($($name:ident),* $(,)?) => { &[$((stringify!($name), libc::$name as i64)),*] };
+}
+pub const NAMEABLE: &[(&str, i64)] = known![
+    SYS_ptrace,
+    SYS_process_vm_readv,
+    SYS_process_vm_writev,
+    SYS_personality,
+    SYS_mount,
+    SYS_umount2,
+    SYS_pivot_root,
+    SYS_chroot,
+    SYS_unshare,
+    SYS_setns,
+    SYS_reboot,
+    SYS_sethostname,
+    SYS_setdomainname,
+    SYS_clock_settime,
+    SYS_settimeofday,
+    SYS_adjtimex,
+    SYS_clock_adjtime,
+    SYS_acct,
+    SYS_syslog,
+    SYS_userfaultfd,
+    SYS_io_uring_setup,
+    SYS_io_uring_enter,
+    SYS_io_uring_register,
+    SYS_mknod,
+    SYS_mknodat,
+    SYS_chown,
+    SYS_fchown,
+    SYS_fchownat,
+    SYS_lchown,
+    SYS_setuid,
+    SYS_setgid,
+    SYS_setreuid,
+    SYS_setregid,
+    SYS_setresuid,
+    SYS_setresgid,
+    SYS_setgroups,
+    SYS_capset,
+    SYS_prctl,
+    SYS_seccomp,
+    SYS_ioperm,
+    SYS_iopl,
+    SYS_name_to_handle_at,
+    SYS_memfd_create,
+    SYS_memfd_secret,
+    SYS_pidfd_open,
+    SYS_pidfd_getfd,
+    SYS_kcmp,
+    SYS_mbind,
+    SYS_migrate_pages,
+    SYS_move_pages,
+    SYS_set_mempolicy,
+    SYS_get_mempolicy,
+    SYS_fsopen,
+    SYS_fsmount,
+    SYS_fsconfig,
+    SYS_fspick,
+    SYS_move_mount,
+    SYS_open_tree,
+    SYS_mount_setattr,
+    SYS_kexec_load,
+    SYS_kexec_file_load,
+    SYS_init_module,
+    SYS_finit_module,
+    SYS_delete_module,
+    SYS_add_key,
+    SYS_request_key,
+    SYS_keyctl,
+    SYS_bpf,
+    SYS_perf_event_open,
+    SYS_open_by_handle_at,
+    SYS_quotactl,
+    SYS_swapon,
+    SYS_swapoff,
+    SYS_fanotify_init,
+    SYS_fanotify_mark,
+    SYS_lookup_dcookie,
+];
+
+/// The native number of a call `SystemCallFilter=` may name.
+pub fn number_of(name: &str) -> Option<i64> {
+    NAMEABLE
+        .iter()
+        .find(|(n, _)| n.strip_prefix("SYS_") == Some(name))
+        .map(|(_, nr)| *nr)
+}
+
+/// `SystemCallFilter=` words: `name` allows a call berth denies by default,
+/// `~name` denies one more. Returns (allowed again, denied in addition).
+pub fn adjustments(words: &[String]) -> (Vec<i64>, Vec<i64>) {
+    let (mut allow, mut deny) = (Vec::new(), Vec::new());
+    for w in words {
+        match w.strip_prefix('~') {
+            Some(name) => deny.extend(number_of(name)),
+            None => allow.extend(number_of(w)),
+        }
+    }
+    (allow, deny)
+}
+
+/// The default filter.
 pub fn program() -> Vec<libc::sock_filter> {
-    let native: Vec<u32> = DENIED.iter().filter_map(|d| d.native).map(|n| n as u32).collect();
+    program_with(&[], &[])
+}
+
+/// The whole filter, with calls allowed again (`allow`, native numbers; the
+/// i386 twin too) and calls denied in addition (`deny`, native ABI only).
+/// Calls of an ABI not listed here are allowed: the filter cannot judge
+/// numbers it does not know.
+pub fn program_with(allow: &[i64], deny: &[i64]) -> Vec<libc::sock_filter> {
+    let kept = |d: &&Denied| !d.native.is_some_and(|n| allow.contains(&n));
+    let mut native: Vec<u32> = DENIED
+        .iter()
+        .filter(kept)
+        .filter_map(|d| d.native)
+        .map(|n| n as u32)
+        .collect();
+    native.extend(deny.iter().map(|n| *n as u32));
     let mut prog = arch_block(AUDIT_ARCH_NATIVE, &native, cfg!(target_arch = "x86_64"));
     #[cfg(target_arch = "x86_64")]
     {
-        let i386: Vec<u32> = DENIED.iter().filter_map(|d| d.i386).map(|n| n as u32).collect();
+        let i386: Vec<u32> = DENIED
+            .iter()
+            .filter(kept)
+            .filter_map(|d| d.i386)
+            .map(|n| n as u32)
+            .collect();
         prog.extend(arch_block(AUDIT_ARCH_I386, &i386, false));
     }
     prog.push(stmt(libc::BPF_RET | libc::BPF_K, RET_ALLOW));
     prog
 }
 
-pub fn install() -> std::io::Result<()> {
-    sys::install_seccomp_filter(&program())
+pub fn install(allow: &[i64], deny: &[i64]) -> std::io::Result<()> {
+    sys::install_seccomp_filter(&program_with(allow, deny))
 }
 
 #[cfg(test)]
@@ -225,6 +349,20 @@ mod tests {
         }
         // An architecture the filter does not know is let through.
         assert_eq!(run(&prog, 0x1234, libc::SYS_kexec_load as u32), RET_ALLOW);
+    }
+
+    #[test]
+    fn admin_adjustments() {
+        let (allow, deny) = adjustments(&["keyctl".into(), "~ptrace".into(), "~nonsense".into()]);
+        assert_eq!(
+            (allow.clone(), deny.clone()),
+            (vec![libc::SYS_keyctl], vec![libc::SYS_ptrace])
+        );
+        let prog = program_with(&allow, &deny);
+        assert_eq!(run(&prog, AUDIT_ARCH_NATIVE, libc::SYS_keyctl as u32), RET_ALLOW);
+        assert_eq!(run(&prog, AUDIT_ARCH_NATIVE, libc::SYS_ptrace as u32), RET_EPERM);
+        assert_eq!(run(&prog, AUDIT_ARCH_NATIVE, libc::SYS_bpf as u32), RET_EPERM);
+        assert!(NAMEABLE.iter().all(|(n, _)| n.starts_with("SYS_")));
     }
 
     #[cfg(target_arch = "x86_64")]

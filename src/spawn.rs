@@ -44,6 +44,50 @@ pub struct ChildSpec {
     pub resolv_conf: ResolvConf,
     /// [Files] settings.
     pub files: Files,
+    /// SystemCallFilter=: calls allowed again, calls denied in addition.
+    pub seccomp_allow: Vec<i64>,
+    pub seccomp_deny: Vec<i64>,
+    /// User= (Boot=no): who runs the command.
+    pub user: Option<Credentials>,
+    pub link_journal: LinkJournal,
+    pub timezone: Timezone,
+}
+
+/// A user of the machine's tree, as its /etc/passwd and /etc/group say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: String,
+}
+
+/// [Exec] LinkJournal=: the machine's journal kept on the host, where
+/// `journalctl -M NAME` and `journalctl -m` find it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LinkJournal {
+    #[default]
+    No,
+    /// Host, when the host keeps a persistent journal (/var/log/journal).
+    Auto,
+    /// /var/log/journal/MACHINE-ID on the host, bound into the machine.
+    Host,
+    /// Host, but a failure is not fatal.
+    TryHost,
+}
+
+/// [Exec] Timezone=.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Timezone {
+    #[default]
+    Off,
+    /// Bind when the tree's /etc/localtime is a plain file, else leave it.
+    Auto,
+    /// The host's zone file, read-only, over the tree's /etc/localtime.
+    Bind,
+    /// A copy of the host's zone file written to the tree's /etc/localtime.
+    Copy,
 }
 
 /// What the machine sees of the host's file system, beyond its tree.
@@ -217,6 +261,8 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     // The machine shares the host's network (private networks come later),
     // so it uses the host's resolver configuration.
     rootfs::resolv_conf(root, spec.resolv_conf)?;
+    rootfs::timezone(root, spec.timezone)?;
+    rootfs::link_journal(root, spec.link_journal, &machine_id)?;
     // Read-only last: everything above may create mount points in the tree.
     if spec.files.read_only {
         rootfs::make_root_read_only(root)?;
@@ -262,7 +308,11 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
         path: here.into(),
         errno: nix::errno::Errno::EPERM,
     })?;
-    rootfs_io("installing the seccomp filter in", here, seccomp::install())?;
+    rootfs_io(
+        "installing the seccomp filter in",
+        here,
+        seccomp::install(&spec.seccomp_allow, &spec.seccomp_deny),
+    )?;
 
     match &spec.payload {
         Payload::Init { path, args } => {
@@ -281,7 +331,7 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
                 errno: err,
             })
         }
-        Payload::Command { argv } => stub_init(argv, &spec.env, chan),
+        Payload::Command { argv } => stub_init(argv, &spec.env, spec.user.as_ref(), chan),
     }
 }
 
@@ -324,7 +374,12 @@ const EXIT_NOT_EXECUTABLE: i32 = 126;
 
 /// `berth run`: PID 1 stays berth code that starts the command, reaps every
 /// orphan, forwards signals to the command, and exits with its status.
-fn stub_init(argv: &[String], env: &[String], chan: &Channel) -> Result<Infallible, SetupError> {
+fn stub_init(
+    argv: &[String],
+    env: &[String],
+    user: Option<&Credentials>,
+    chan: &Channel,
+) -> Result<Infallible, SetupError> {
     let _ = nix::sys::prctl::set_name(c"berth-stub");
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
@@ -338,6 +393,12 @@ fn stub_init(argv: &[String], env: &[String], chan: &Channel) -> Result<Infallib
     let command = match sys::fork_single_threaded() {
         Ok(ForkResult::Child) => {
             reset_signals();
+            if let Some(u) = user {
+                if let Err(e) = become_user(u) {
+                    eprintln!("berth: becoming user {}: {}", u.name, e.desc());
+                    std::process::exit(crate::exit::EXIT_FAILURE);
+                }
+            }
             let err = execve(&cstring(&path.to_string_lossy()), &cstrings(argv), &cstrings(env)).unwrap_err();
             eprintln!("berth: {}: {}", argv[0], err.desc());
             std::process::exit(if err == nix::errno::Errno::ENOENT {
@@ -372,6 +433,16 @@ fn stub_init(argv: &[String], env: &[String], chan: &Channel) -> Result<Infallib
             }
         }
     }
+}
+
+/// Groups first, then the group, then the user (which drops capabilities).
+fn become_user(u: &Credentials) -> nix::Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    let groups: Vec<Gid> = u.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    setgroups(&groups)?;
+    setgid(Gid::from_raw(u.gid))?;
+    setuid(Uid::from_raw(u.uid))?;
+    nix::unistd::chdir(u.home.as_str()).or_else(|_| nix::unistd::chdir("/"))
 }
 
 /// Resolve a command name with the machine's PATH (from `env`).

@@ -13,6 +13,7 @@ use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use sha2::{Digest, Sha256};
 
 use crate::name::MachineName;
+use crate::spawn::Credentials;
 use crate::util::os_error;
 
 /// Where `berth boot NAME` looks for NAME's tree.
@@ -53,6 +54,8 @@ pub enum TreeError {
     },
     #[error("the directory {} has no usable name: give NAME explicitly", path.display())]
     Unnamed { path: PathBuf },
+    #[error("machine \"{name}\": no user \"{user}\" in the tree's /etc/passwd")]
+    NoUser { name: MachineName, user: String },
 }
 
 /// A machine tree that passed the checks.
@@ -154,6 +157,60 @@ impl Tree {
                 name: self.name.clone(),
                 path: self.root.clone(),
             })
+    }
+
+    /// A user of the tree, from its own /etc/passwd and /etc/group. A number
+    /// that is not listed is taken as uid and gid, with / as home.
+    pub fn lookup_user(&self, user: &str) -> Result<Credentials, TreeError> {
+        let read = |p: &str| {
+            let mut s = String::new();
+            self.open_inside(p)
+                .and_then(|mut f| f.read_to_string(&mut s))
+                .map(|_| s)
+                .unwrap_or_default()
+        };
+        let passwd = read("/etc/passwd");
+        let entry = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 7 && (f[0] == user || (user.parse::<u32>().is_ok() && f[2] == user)));
+        let (name, uid, gid, home) = match entry {
+            Some(f) => match (f[2].parse(), f[3].parse()) {
+                (Ok(uid), Ok(gid)) => (f[0].to_string(), uid, gid, f[5].to_string()),
+                _ => {
+                    return Err(TreeError::NoUser {
+                        name: self.name.clone(),
+                        user: user.into(),
+                    })
+                }
+            },
+            None => match user.parse::<u32>() {
+                Ok(n) => (user.to_string(), n, n, "/".to_string()),
+                Err(_) => {
+                    return Err(TreeError::NoUser {
+                        name: self.name.clone(),
+                        user: user.into(),
+                    })
+                }
+            },
+        };
+        let mut groups = vec![gid];
+        for f in read("/etc/group").lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+            if f.len() >= 4 && f[3].split(',').any(|m| m == name) {
+                if let Ok(g) = f[2].parse() {
+                    if !groups.contains(&g) {
+                        groups.push(g);
+                    }
+                }
+            }
+        }
+        Ok(Credentials {
+            name,
+            uid,
+            gid,
+            groups,
+            home,
+        })
     }
 
     /// The tree's /etc/machine-id, when it holds a valid id.
@@ -296,6 +353,33 @@ mod tests {
         std::fs::write(t.path().join("etc/machine-id"), "3d1219c7c4c5404aaa1f6d2a48adfda4\n").unwrap();
         let tree = Tree::open(name("x"), t.path().into()).unwrap();
         assert_eq!(tree.container_uuid(None), "3d1219c7-c4c5-404a-aa1f-6d2a48adfda4");
+    }
+
+    #[test]
+    fn users_from_the_trees_own_files() {
+        let t = fake_tree();
+        std::fs::write(
+            t.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nweb:x:1001:1002::/srv/web:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            t.path().join("etc/group"),
+            "root:x:0:\nweb:x:1002:\nadm:x:4:syslog,web\n",
+        )
+        .unwrap();
+        let tree = Tree::open(name("x"), t.path().into()).unwrap();
+        let u = tree.lookup_user("web").unwrap();
+        assert_eq!(
+            (u.uid, u.gid, u.groups.clone(), u.home.as_str()),
+            (1001, 1002, vec![1002, 4], "/srv/web")
+        );
+        assert_eq!(tree.lookup_user("1001").unwrap().name, "web");
+        assert_eq!(tree.lookup_user("4242").unwrap().uid, 4242);
+        assert_eq!(
+            tree.lookup_user("nobody2").unwrap_err().to_string(),
+            "machine \"x\": no user \"nobody2\" in the tree's /etc/passwd"
+        );
     }
 
     #[test]

@@ -804,3 +804,118 @@ fn volatile_changes_vanish_after_poweroff() {
         }
     }
 }
+
+#[test]
+fn exec_user_and_system_call_filter() {
+    let tree = tree();
+    let t = tree.to_str().unwrap();
+    let out = run_berth(&[
+        "boot",
+        "t-user",
+        "-D",
+        t,
+        "--console=pipe",
+        "--boot=no",
+        "--user=nobody",
+        "--parameters=sh -c 'id -u; id -g; echo $HOME $USER; cat /proc/self/status | grep ^CapEff'",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        stdout_of(&out),
+        "65534\n65534\n/nonexistent nobody\nCapEff:\t0000000000000000"
+    );
+    let out = run_berth(&[
+        "boot",
+        "t-user",
+        "-D",
+        t,
+        "--boot=no",
+        "--user=nosuchuser",
+        "--parameters=true",
+    ]);
+    assert_eq!(
+        stderr_of(&out),
+        "berth: machine \"t-user\": no user \"nosuchuser\" in the tree's /etc/passwd"
+    );
+
+    // add_key is refused by default; allowed again by name. personality is
+    // allowed by default; refused with ~.
+    let script = format!(
+        "my ($t, $d, $p) = (\"user\", \"k\", \"v\"); print syscall({}, $t, $d, $p, 1, -3) > 0 ? \"add_key ok\\n\" : \"add_key $!\\n\"; print syscall({}, 0xffffffff) == -1 ? \"personality $!\\n\" : \"personality ok\\n\";",
+        libc::SYS_add_key,
+        libc::SYS_personality
+    );
+    let out = run_berth(&[
+        "boot",
+        "t-scf",
+        "-D",
+        t,
+        "--console=pipe",
+        "--boot=no",
+        "--system-call-filter=add_key ~personality",
+        "--parameters",
+        &format!("perl -e '{script}'"),
+    ]);
+    assert_eq!(
+        stdout_of(&out),
+        "add_key ok\npersonality Operation not permitted",
+        "{}",
+        stderr_of(&out)
+    );
+    let out = run_berth(&["check", "t-scf", "--system-call-filter=@mount"]);
+    assert_eq!(
+        stderr_of(&out),
+        "berth: --system-call-filter=@mount: \"@mount\": groups of system calls are not supported; name the calls"
+    );
+}
+
+#[test]
+fn timezone_and_journal_on_the_host() {
+    let host_zone = std::fs::read("/etc/localtime").ok();
+    // Volatile=overlay keeps these modes from changing the cached tree.
+    for mode in ["bind", "copy"] {
+        let out = run_berth(&[
+            "boot",
+            "t-tz",
+            "-D",
+            tree().to_str().unwrap(),
+            "--console=pipe",
+            "--boot=no",
+            "--volatile=overlay",
+            &format!("--timezone={mode}"),
+            "--parameters=md5sum /etc/localtime",
+        ]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        if let Some(zone) = &host_zone {
+            let digest = std::process::Command::new("md5sum")
+                .arg("/etc/localtime")
+                .output()
+                .unwrap();
+            let host_sum = stdout_of(&digest).split_whitespace().next().unwrap().to_string();
+            assert!(!zone.is_empty());
+            assert!(
+                stdout_of(&out).starts_with(&host_sum),
+                "Timezone={mode}: {} vs {host_sum}",
+                stdout_of(&out)
+            );
+        }
+    }
+
+    let mut m = Machine::boot("t-journal", &["--link-journal=host", "--volatile=overlay"]);
+    m.wait_ready();
+    let id = m.exec_ok(&["cat", "/etc/machine-id"]);
+    let host_dir = Path::new("/var/log/journal").join(&id);
+    m.exec_ok(&["systemd-cat", "-t", "berth-test", "echo", "hello from the machine"]);
+    m.exec_ok(&["journalctl", "--flush"]);
+    let files: Vec<_> = std::fs::read_dir(&host_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().ends_with(".journal")),
+        "no journal in {}: {files:?}",
+        host_dir.display()
+    );
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let _ = std::fs::remove_dir_all(&host_dir);
+}

@@ -231,13 +231,13 @@ fn system_calls(text: &str) -> Result<Vec<String>, String> {
     let words: Vec<String> = text.split_whitespace().map(String::from).collect();
     for w in &words {
         let name = w.strip_prefix('~').unwrap_or(w);
-        let name = name.strip_prefix('@').unwrap_or(name);
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        {
-            return Err(format!("\"{w}\" is not a system call name"));
+        if name.starts_with('@') {
+            return Err(format!(
+                "\"{w}\": groups of system calls are not supported; name the calls"
+            ));
+        }
+        if crate::seccomp::number_of(name).is_none() {
+            return Err(format!("\"{name}\" is not a system call berth can filter"));
         }
     }
     if words.is_empty() {
