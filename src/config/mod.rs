@@ -388,6 +388,30 @@ mod tests {
     }
 
     #[test]
+    fn loader_never_panics_on_arbitrary_values() {
+        // Every key, fed pseudo-random values built from the characters its
+        // parsers care about: each must answer a value or an error line.
+        let alphabet: Vec<char> = "/:.,%=~@-_ \"'\\abcCAPSYM019xyzKMGT\u{e9}\0".chars().collect();
+        let mut state: u64 = 0x2545f4914f6cdd1d;
+        for round in 0..4000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let def = &KEYS[round % KEYS.len()];
+            let len = (state % 24) as usize;
+            let value: String = (0..len)
+                .map(|i| alphabet[((state >> (i % 50)) as usize + i * 11) % alphabet.len()])
+                .collect();
+            let text = format!("[{}]\n{}={}\n", def.section, def.key, value);
+            let (_, errors) = load_str(&text, round % 2 == 0);
+            assert!(
+                errors.iter().all(|e| e.starts_with("/etc/berth/machines.d/web.ini:")),
+                "{errors:?}"
+            );
+        }
+    }
+
+    #[test]
     fn locations_in_order_and_beside_the_tree() {
         let t = tempfile::tempdir().unwrap();
         let tree = t.path().join("web");
