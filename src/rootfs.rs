@@ -184,6 +184,17 @@ fn mkdir_p(path: &Path) -> Result<()> {
     )
 }
 
+/// An empty file to mount on (kept if it exists).
+fn touch(path: &Path) -> Result<()> {
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path);
+    io_step("creating", path, file.map(|_| ()))
+}
+
 fn bind(src: &Path, dst: &Path, flags: MsFlags) -> Result<()> {
     step(
         "bind-mounting onto",
@@ -393,16 +404,7 @@ pub fn resolv_conf(root: &Path, mode: ResolvConf) -> Result<()> {
     let is_plain_file = fs::symlink_metadata(&target).map(|m| m.is_file()).unwrap_or(false);
     if mode == ResolvConf::BindHost && !is_plain_file {
         let _ = fs::remove_file(&target);
-        io_step(
-            "creating",
-            &target,
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .open(&target),
-        )?;
+        touch(&target)?;
     }
     if is_plain_file || mode == ResolvConf::BindHost {
         bind(host, &target, MsFlags::empty())?;
@@ -440,13 +442,7 @@ pub fn timezone(root: &Path, mode: Timezone) -> Result<()> {
         Timezone::Bind | Timezone::Auto => {
             if !is_plain_file {
                 let _ = fs::remove_file(&target);
-                let create = fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o644)
-                    .open(&target);
-                io_step("creating", &target, create)?;
+                touch(&target)?;
             }
             bind(&host, &target, MsFlags::empty())?;
             make_root_read_only(&target)
@@ -488,16 +484,7 @@ pub fn mount_files(root: &Path, files: &Files) -> Result<()> {
             if let Some(parent) = target.parent() {
                 mkdir_p(parent)?;
             }
-            io_step(
-                "creating",
-                &target,
-                fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o644)
-                    .open(&target),
-            )?;
+            touch(&target)?;
         }
         bind(
             source,

@@ -105,8 +105,7 @@ fn reboot_inside_boots_again_with_fresh_namespaces() {
         "/run survived the reboot"
     );
     assert_eq!(m.exec_ok(&["cat", "/proc/1/comm"]), "systemd");
-    m.signal(libc::SIGTERM);
-    assert_eq!(m.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    m.stop_ok();
 }
 
 /// With --keep-unit berth runs as a unit would: inside a cgroup of its own
@@ -177,13 +176,7 @@ fn sigkill_of_berth_leaves_nothing_that_stops_the_next_boot() {
     // The next boot of the same machine works and cleans the stale cgroup.
     let mut again = Machine::boot("t-sigkill", &[]);
     again.wait_ready();
-    again.signal(libc::SIGTERM);
-    assert_eq!(
-        again.wait_exit(Duration::from_secs(10)).code(),
-        Some(0),
-        "{}",
-        again.stderr()
-    );
+    again.stop_ok();
     assert!(!scope_of("t-sigkill").exists(), "cgroup left behind");
 }
 
@@ -196,8 +189,7 @@ fn crash_of_pid1_ends_berth_and_the_next_boot_works() {
     assert!(!scope_of("t-crash").exists(), "cgroup left behind");
     let mut again = Machine::boot("t-crash", &[]);
     again.wait_ready();
-    again.signal(libc::SIGTERM);
-    assert_eq!(again.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    again.stop_ok();
 }
 
 #[test]
@@ -415,8 +407,7 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
         "systemd",
         "the running machine was disturbed"
     );
-    m.signal(libc::SIGTERM);
-    assert_eq!(m.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    m.stop_ok();
 }
 
 #[test]
@@ -627,8 +618,7 @@ fn environment_and_hostname_reach_pid1_flag_over_file() {
     );
     assert!(!env.iter().any(|e| e.starts_with("FROM_FILE=")), "{env:?}");
     assert_eq!(m.exec_ok(&["hostname"]), "from-file");
-    m.signal(libc::SIGTERM);
-    assert_eq!(m.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    m.stop_ok();
 }
 
 #[test]
@@ -753,13 +743,7 @@ fn examples_check_and_boot() {
             assert!(!m.exec(&["touch", "/berth-rootfile"]).status.success(), "root writable");
             m.exec_ok(&["touch", "/srv/data/berth-test"]);
         }
-        m.signal(libc::SIGTERM);
-        assert_eq!(
-            m.wait_exit(Duration::from_secs(10)).code(),
-            Some(0),
-            "{name}: {}",
-            m.stderr()
-        );
+        m.stop_ok();
         if name == "bridged" {
             assert!(
                 m.stderr()
@@ -915,7 +899,6 @@ fn timezone_and_journal_on_the_host() {
         "no journal in {}: {files:?}",
         host_dir.display()
     );
-    m.signal(libc::SIGTERM);
-    assert_eq!(m.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    m.stop_ok();
     let _ = std::fs::remove_dir_all(&host_dir);
 }

@@ -181,6 +181,19 @@ impl Machine {
         );
     }
 
+    /// SIGTERM, then an orderly exit 0 within 10 s.
+    pub fn stop_ok(&mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(10));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} did not stop cleanly: {}",
+            self.name,
+            self.stderr()
+        );
+    }
+
     pub fn console(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("console")).unwrap_or_default()
     }
