@@ -675,7 +675,10 @@ fn every_settings_error_at_once_and_nothing_booted() {
 /// boots (the storage example needs its host directories).
 #[test]
 fn examples_check_and_boot() {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("machines.d");
+    // BERTH_EXAMPLES: where the system tier's VM has them.
+    let examples = std::env::var_os("BERTH_EXAMPLES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("machines.d"));
     let example_dirs = [
         "/var/lib/berth-example/storage/data",
         "/var/lib/berth-example/storage/shared",
