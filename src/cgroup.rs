@@ -165,14 +165,33 @@ pub fn remove_tree(path: &Path) -> Result<(), CgroupError> {
         return Ok(());
     }
     kill_all(path)?;
+    wait_until_empty(path)?;
+    rmdir_depth_first(path)
+}
+
+/// Wait until no process is left in the cgroup. The kernel wakes pollers
+/// of cgroup.events (POLLPRI) when "populated" changes for the descriptor
+/// that last read it, so each round reads and polls the same descriptor.
+fn wait_until_empty(path: &Path) -> Result<(), CgroupError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::io::Read;
+    use std::os::fd::AsFd;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while populated(path) {
+    loop {
+        let Ok(mut file) = fs::File::open(path.join("cgroup.events")) else {
+            return Ok(());
+        };
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        if !text.lines().any(|l| l == "populated 1") {
+            return Ok(());
+        }
         if Instant::now() > deadline {
             return Err(CgroupError::Busy { path: path.into() });
         }
-        std::thread::sleep(Duration::from_millis(5));
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLPRI)];
+        let _ = poll(&mut fds, PollTimeout::from(50u16));
     }
-    rmdir_depth_first(path)
 }
 
 fn populated(path: &Path) -> bool {
@@ -215,7 +234,7 @@ fn rmdir_depth_first(path: &Path) -> Result<(), CgroupError> {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5))
+                std::thread::sleep(Duration::from_millis(1))
             }
             Err(e) => return Err(io_err(path, "removing it")(e)),
         }
