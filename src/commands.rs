@@ -48,7 +48,8 @@ pub fn boot(args: BootArgs, flags: &Flags) -> anyhow::Result<i32> {
         Some(Value::Words(w)) => w.clone(),
         _ => vec![],
     };
-    let mut env = base_env(&tree, console);
+    let uuid = tree.container_uuid(tree::host_machine_id().as_deref());
+    let mut env = base_env(&uuid, console);
     let payload = if settings.bool("Exec", "Boot").unwrap_or(true) {
         let init = tree.find_init(settings.text("Exec", "Init").map(Path::new))?;
         env.push(format!("NOTIFY_SOCKET={}", crate::rootfs::NOTIFY_SOCKET));
@@ -75,7 +76,7 @@ pub fn boot(args: BootArgs, flags: &Flags) -> anyhow::Result<i32> {
         _ => libc::SIGTERM,
     };
     let notify_ready = matches!(payload, Payload::Init { .. }) && settings.bool("Exec", "NotifyReady").unwrap_or(true);
-    let mut spec = child_spec(&tree, payload, env);
+    let mut spec = child_spec(&tree, &uuid, payload, env);
     spec.hostname = settings
         .text("Exec", "Hostname")
         .unwrap_or(tree.name.as_str())
@@ -153,9 +154,10 @@ pub fn boot(args: BootArgs, flags: &Flags) -> anyhow::Result<i32> {
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let (name, root) = tree::resolve_name(args.machine.name.as_deref(), args.machine.directory.as_deref())?;
     let (tree, console) = open_machine(name, root, &args.machine, "run", false)?;
-    let mut env = base_env(&tree, console);
+    let uuid = tree.container_uuid(tree::host_machine_id().as_deref());
+    let mut env = base_env(&uuid, console);
     env.extend(["HOME=/root", "USER=root", "LOGNAME=root"].map(String::from));
-    let spec = child_spec(&tree, Payload::Command { argv: args.command }, env);
+    let spec = child_spec(&tree, &uuid, Payload::Command { argv: args.command }, env);
     start(tree, console, spec, false, libc::SIGTERM, args.machine.keep_unit)
 }
 
@@ -242,11 +244,11 @@ fn open_machine(
     let tree = Tree::open(name, root)?;
     let console = m
         .console
-        .unwrap_or_else(|| ConsoleMode::default_for(boot, supervisor::stdin_is_terminal()));
+        .unwrap_or_else(|| ConsoleMode::default_for(boot, crate::console::on_terminal()));
     Ok((tree, console))
 }
 
-fn base_env(tree: &Tree, console: ConsoleMode) -> Vec<String> {
+fn base_env(container_uuid: &str, console: ConsoleMode) -> Vec<String> {
     let term = match console {
         ConsoleMode::Interactive => std::env::var("TERM").unwrap_or_else(|_| "vt220".into()),
         ConsoleMode::Pipe => "dumb".into(),
@@ -255,18 +257,16 @@ fn base_env(tree: &Tree, console: ConsoleMode) -> Vec<String> {
     vec![
         PATH.to_string(),
         "container=berth".to_string(),
-        format!(
-            "container_uuid={}",
-            tree.container_uuid(supervisor::host_machine_id().as_deref())
-        ),
+        format!("container_uuid={container_uuid}"),
         format!("TERM={term}"),
     ]
 }
 
-fn child_spec(tree: &Tree, payload: Payload, env: Vec<String>) -> ChildSpec {
+fn child_spec(tree: &Tree, container_uuid: &str, payload: Payload, env: Vec<String>) -> ChildSpec {
     ChildSpec {
         root: tree.root.clone(),
         hostname: tree.name.to_string(),
+        machine_id: container_uuid.replace('-', ""),
         console: None,
         payload,
         env,

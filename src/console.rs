@@ -41,6 +41,12 @@ impl ConsoleMode {
     }
 }
 
+/// Whether berth's standard input and output are both a terminal (then
+/// the console defaults to interactive).
+pub fn on_terminal() -> bool {
+    nix::unistd::isatty(std::io::stdin()).unwrap_or(false) && nix::unistd::isatty(std::io::stdout()).unwrap_or(false)
+}
+
 pub struct Pty {
     pub master: PtyMaster,
     /// Held open by the supervisor so the master never sees a hang-up

@@ -35,7 +35,7 @@ pub(crate) fn step<T, E: Into<Errno>>(what: &'static str, path: &Path, r: std::r
     })
 }
 
-fn io_step<T>(what: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T> {
+pub(crate) fn io_step<T>(what: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T> {
     step(
         what,
         path,
@@ -203,7 +203,7 @@ fn bind(src: &Path, dst: &Path, flags: MsFlags) -> Result<()> {
     )
 }
 
-fn remount_read_only(path: &Path) -> Result<()> {
+fn make_read_only_noexec(path: &Path) -> Result<()> {
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC;
     step(
         "making read-only",
@@ -226,7 +226,7 @@ pub fn isolate(root: &Path, volatile: Volatile, machine_id: &str) -> Result<()> 
         Volatile::No => bind(root, root, MsFlags::MS_REC),
         Volatile::State => {
             bind(root, root, MsFlags::MS_REC)?;
-            make_root_read_only(root)?;
+            make_read_only(root)?;
             let var = inside(root, "/var");
             step(
                 "mounting a temporary /var on",
@@ -265,7 +265,7 @@ pub fn isolate(root: &Path, volatile: Volatile, machine_id: &str) -> Result<()> 
             let usr = inside(root, "/usr");
             mkdir_p(&usr)?;
             bind(&tree_path.join("usr"), &usr, MsFlags::MS_REC)?;
-            make_root_read_only(&usr)?; // read-only, still executable
+            make_read_only(&usr)?;
             for (link, target) in [
                 ("bin", "usr/bin"),
                 ("sbin", "usr/sbin"),
@@ -367,19 +367,19 @@ pub fn restrict(root: &Path) -> Result<()> {
         let target = inside(root, p);
         if target.exists() {
             bind(&inaccessible, &target, MsFlags::empty())?;
-            remount_read_only(&target)?;
+            make_read_only_noexec(&target)?;
         }
     }
     for p in PROC_READ_ONLY {
         let target = inside(root, p);
         if target.exists() {
             bind(&target, &target, MsFlags::MS_REC)?;
-            remount_read_only(&target)?;
+            make_read_only_noexec(&target)?;
         }
     }
     let run_host = inside(root, RUN_HOST);
     bind(&run_host, &run_host, MsFlags::empty())?;
-    remount_read_only(&run_host)
+    make_read_only_noexec(&run_host)
 }
 
 /// Step 5 (host network only): the host's resolver configuration. `Auto`:
@@ -445,7 +445,7 @@ pub fn timezone(root: &Path, mode: Timezone) -> Result<()> {
                 touch(&target)?;
             }
             bind(&host, &target, MsFlags::empty())?;
-            make_root_read_only(&target)
+            make_read_only(&target)
         }
     }
 }
@@ -544,14 +544,14 @@ pub fn mount_files(root: &Path, files: &Files) -> Result<()> {
         };
         let source = inside(root, &format!("{INACCESSIBLE_DIR}/{node}"));
         bind(&source, &target, MsFlags::empty())?;
-        remount_read_only(&target)?;
+        make_read_only_noexec(&target)?;
     }
     Ok(())
 }
 
-/// ReadOnly=yes: the tree itself read-only (mounts on top keep their own);
-/// also any bind mount made read-only without other changes.
-pub fn make_root_read_only(root: &Path) -> Result<()> {
+/// Make a mount (the tree for ReadOnly=yes, or one bind mount) read-only,
+/// changing nothing else: mounts on top keep their own options.
+pub fn make_read_only(root: &Path) -> Result<()> {
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
     step(
         "making read-only",

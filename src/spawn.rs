@@ -15,7 +15,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, execve, sethostname, setsid, ForkResult, Pid};
 
 use crate::protocol::{self, Channel, ToChild, ToParent};
-use crate::rootfs::{self, step, SetupError};
+use crate::rootfs::{self, io_step, step, SetupError};
 use crate::seccomp;
 use crate::sys::{self, Cloned};
 
@@ -33,6 +33,9 @@ pub enum Payload {
 pub struct ChildSpec {
     pub root: PathBuf,
     pub hostname: String,
+    /// The machine's id (32 hex digits), also given to the init as
+    /// `container_uuid`.
+    pub machine_id: String,
     /// The pty slave to show as /dev/console; None for --console=pipe.
     pub console: Option<PathBuf>,
     pub payload: Payload,
@@ -233,20 +236,14 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     let root = &spec.root;
     // Mounts first, while the host's files (os-release, the console pty)
     // are still reachable; pivot_root last.
-    let machine_id: String = spec
-        .env
-        .iter()
-        .find_map(|e| e.strip_prefix("container_uuid="))
-        .unwrap_or_default()
-        .replace('-', "");
-    rootfs::isolate(root, spec.files.volatile, &machine_id)?;
+    rootfs::isolate(root, spec.files.volatile, &spec.machine_id)?;
     rootfs::mount_api(root, spec.console.as_deref())?;
     rootfs::populate_run_host(root)?;
     if matches!(spec.payload, Payload::Init { .. }) {
         // Bound before /run/host turns read-only; the supervisor keeps the
         // only other reference, so the socket lives as long as it needs.
         let path = root.join(rootfs::NOTIFY_SOCKET.trim_start_matches('/'));
-        let sock = rootfs_io("binding the notify socket", &path, crate::notify::bind(&path))?;
+        let sock = io_step("binding the notify socket", &path, crate::notify::bind(&path))?;
         chan.send_to_parent(ToParent::NotifySocket(OwnedFd::from(sock)))
             .map_err(|_| SetupError {
                 what: "passing the notify socket",
@@ -262,10 +259,10 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     // so it uses the host's resolver configuration.
     rootfs::resolv_conf(root, spec.resolv_conf)?;
     rootfs::timezone(root, spec.timezone)?;
-    rootfs::link_journal(root, spec.link_journal, &machine_id)?;
+    rootfs::link_journal(root, spec.link_journal, &spec.machine_id)?;
     // Read-only last: everything above may create mount points in the tree.
     if spec.files.read_only {
-        rootfs::make_root_read_only(root)?;
+        rootfs::make_read_only(root)?;
     }
     rootfs::enter(root)?;
     if let Some(dir) = &spec.working_directory {
@@ -282,7 +279,7 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
             console,
             open(console, OFlag::O_RDWR | OFlag::O_NOCTTY, Mode::empty()),
         )?;
-        rootfs_io(
+        io_step(
             "making the controlling terminal",
             console,
             sys::set_controlling_tty(fd.as_fd()),
@@ -295,7 +292,7 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     // Rust ignores SIGPIPE and berth blocks some signals: neither may be
     // inherited by the init.
     reset_signals();
-    rootfs_io(
+    io_step(
         "marking inherited descriptors close-on-exec in",
         here,
         sys::cloexec_from(3),
@@ -308,7 +305,7 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
         path: here.into(),
         errno: nix::errno::Errno::EPERM,
     })?;
-    rootfs_io(
+    io_step(
         "installing the seccomp filter in",
         here,
         seccomp::install(&spec.seccomp_allow, &spec.seccomp_deny),
@@ -333,14 +330,6 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
         }
         Payload::Command { argv } => stub_init(argv, &spec.env, spec.user.as_ref(), chan),
     }
-}
-
-fn rootfs_io<T>(what: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T, SetupError> {
-    r.map_err(|e| SetupError {
-        what,
-        path: path.to_path_buf(),
-        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    })
 }
 
 fn reset_signals() {

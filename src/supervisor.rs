@@ -343,18 +343,6 @@ enum Source {
     Stdin,
 }
 
-/// The fd of berth's standard input, for the console's raw mode.
-pub fn stdin_is_terminal() -> bool {
-    nix::unistd::isatty(std::io::stdin()).unwrap_or(false) && nix::unistd::isatty(std::io::stdout()).unwrap_or(false)
-}
-
-/// The host's machine id, for the stable ids of machines without their own.
-pub fn host_machine_id() -> Option<String> {
-    let text = std::fs::read_to_string("/etc/machine-id").ok()?;
-    let t = text.trim();
-    crate::tree::parse_machine_id(t).map(|_| t.to_string())
-}
-
 /// Notice printed when there is no system bus (no machined to register with).
 pub fn registration_notice(name: &MachineName) -> Option<String> {
     let bus = Path::new("/run/dbus/system_bus_socket");

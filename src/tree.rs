@@ -234,6 +234,13 @@ impl Tree {
     }
 }
 
+/// The host's machine id, for the stable ids of machines without their own.
+pub fn host_machine_id() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/machine-id").ok()?;
+    let t = text.trim();
+    parse_machine_id(t).map(|_| t.to_string())
+}
+
 pub fn parse_machine_id(s: &str) -> Option<[u8; 16]> {
     if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
