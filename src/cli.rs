@@ -90,17 +90,23 @@ pub struct Invocation {
     pub settings: Vec<(&'static KeyDef, Vec<String>)>,
 }
 
+/// The help line of a settings flag: "[Exec] Boot=: DESCRIPTION [default: yes]".
+fn flag_help(k: &KeyDef) -> String {
+    let later = if k.later {
+        " (validated; applied by a later version)"
+    } else {
+        ""
+    };
+    let default = k.default.map(|d| format!(" [default: {d}]")).unwrap_or_default();
+    format!("[{}] {}=: {}{later}{default}", k.section, k.key, k.description)
+}
+
 fn setting_args(cmd: clap::Command) -> clap::Command {
     cmd.args(KEYS.iter().map(|k| {
-        let later = if k.later {
-            " (validated; applied by a later version)"
-        } else {
-            ""
-        };
         let arg = Arg::new(k.flag())
             .long(k.flag())
             .value_name("VALUE")
-            .help(format!("[{}] {}={}", k.section, k.key, later))
+            .help(flag_help(k))
             .help_heading(format!("Settings of [{}]", k.section));
         match (k.kind, k.repeatable) {
             // `--read-only` or `--read-only=no`: the value only with '='.
@@ -192,6 +198,23 @@ mod tests {
         assert!(parse_from(["berth", "run", "x"]).is_err());
         assert!(parse_from(["berth", "boot", "x", "--console=loud"]).is_err());
         assert!(parse_from(["berth", "run", "x", "--bind=/srv", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn flag_help_has_description_default_and_later_note() {
+        let help = |s, k| flag_help(crate::config::keys::find(s, k).unwrap());
+        assert_eq!(
+            help("Exec", "Boot"),
+            "[Exec] Boot=: Run the tree's own init as PID 1 (yes) or only the command in Parameters= (no) [default: yes]"
+        );
+        assert_eq!(
+            help("Exec", "Hostname"),
+            "[Exec] Hostname=: The machine's hostname; unset, the machine's name"
+        );
+        assert_eq!(
+            help("Network", "Private"),
+            "[Network] Private=: Give the machine a network namespace of its own (validated; applied by a later version) [default: no]"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ fn main() {
     let result = match invocation.cli.command {
         Command::Boot(args) => berth::commands::boot(args, &flags),
         Command::Run(args) => berth::commands::run(args),
-        Command::Check(args) => berth::commands::check(args, &flags),
+        Command::Check(args) => berth::check::check(args, &flags),
     };
     match result {
         Ok(code) => std::process::exit(code),

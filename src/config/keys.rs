@@ -1,6 +1,7 @@
 //! Every key a machine file may hold: one row each, with its value type,
 //! whether it may repeat, and whether it widens what the machine may do
-//! (`privileged`: refused in an untrusted file lying next to the tree).
+//! (`privileged`: refused in an untrusted file lying next to the tree), its
+//! default and a one-line description (for `--help` and `berth check`).
 
 use super::value::Kind;
 
@@ -12,6 +13,13 @@ pub struct KeyDef {
     pub privileged: bool,
     /// Applied by a later issue (parsed and validated now).
     pub later: bool,
+    /// The value in effect when nobody sets the key, as it would be
+    /// written; None when there is no fixed one (Hostname= is the
+    /// machine's name, Init= is searched for, lists start empty).
+    pub default: Option<&'static str>,
+    /// What the key does, in one line without a final period (shown by
+    /// `berth boot --help` and `berth check --json`).
+    pub description: &'static str,
 }
 
 const fn key(section: &'static str, key: &'static str, kind: Kind) -> KeyDef {
@@ -22,10 +30,20 @@ const fn key(section: &'static str, key: &'static str, kind: Kind) -> KeyDef {
         repeatable: false,
         privileged: false,
         later: false,
+        default: None,
+        description: "",
     }
 }
 
 impl KeyDef {
+    const fn default(mut self, value: &'static str) -> Self {
+        self.default = Some(value);
+        self
+    }
+    const fn describe(mut self, text: &'static str) -> Self {
+        self.description = text;
+        self
+    }
     const fn repeatable(mut self) -> Self {
         self.repeatable = true;
         self
@@ -70,49 +88,141 @@ use Kind::*;
 
 pub static KEYS: &[KeyDef] = &[
     // [Exec]: what the machine runs.
-    key("Exec", "Boot", Bool),
-    key("Exec", "Init", AbsolutePath),
-    key("Exec", "Parameters", Words),
-    key("Exec", "Environment", EnvAssignment).repeatable(),
-    key("Exec", "Hostname", Hostname),
-    key("Exec", "KillSignal", Signal),
-    key("Exec", "NotifyReady", Bool),
-    key("Exec", "Capability", Capabilities).privileged(),
-    key("Exec", "DropCapability", Capabilities),
-    key("Exec", "SystemCallFilter", SystemCalls).privileged(),
-    key("Exec", "ResolvConf", Choice(&["auto", "off", "bind-host", "copy-host"])),
-    key("Exec", "Timezone", Choice(&["auto", "off", "bind", "copy"])),
-    key("Exec", "LinkJournal", Choice(&["no", "auto", "host", "try-host"])),
-    key("Exec", "WorkingDirectory", AbsolutePath),
-    key("Exec", "User", UserName),
-    key("Exec", "PrivateUsers", Bool).privileged().later(),
+    key("Exec", "Boot", Bool)
+        .default("yes")
+        .describe("Run the tree's own init as PID 1 (yes) or only the command in Parameters= (no)"),
+    key("Exec", "Init", AbsolutePath).describe(
+        "The init to boot, a path inside the tree; unset, the first of /usr/lib/systemd/systemd, /lib/systemd/systemd and /sbin/init found",
+    ),
+    key("Exec", "Parameters", Words)
+        .describe("The init's arguments with Boot=yes; the command and its arguments with Boot=no"),
+    key("Exec", "Environment", EnvAssignment)
+        .repeatable()
+        .describe("A NAME=VALUE variable for the machine's first process; repeatable, the last value of a name wins"),
+    key("Exec", "Hostname", Hostname).describe("The machine's hostname; unset, the machine's name"),
+    key("Exec", "KillSignal", Signal)
+        .default("SIGRTMIN+3")
+        .describe("The signal asking the init for an orderly halt (unset with Boot=no, the command gets SIGTERM)"),
+    key("Exec", "NotifyReady", Bool)
+        .default("yes")
+        .describe("Report the machine ready when its init says so (yes) or as soon as the init is started (no)"),
+    key("Exec", "Capability", Capabilities)
+        .privileged()
+        .describe("Capabilities the machine keeps beyond the default set, by name, or all"),
+    key("Exec", "DropCapability", Capabilities)
+        .describe("Capabilities taken from the machine's bounding set, by name, or all"),
+    key("Exec", "SystemCallFilter", SystemCalls)
+        .privileged()
+        .describe("System calls allowed despite the default seccomp filter, by name; a name after ~ is refused instead"),
+    key("Exec", "ResolvConf", Choice(&["auto", "off", "bind-host", "copy-host"]))
+        .default("auto")
+        .describe("The host's /etc/resolv.conf in the machine: read-only over a plain file of the tree (auto), always (bind-host), copied into the tree (copy-host) or not at all (off)"),
+    key("Exec", "Timezone", Choice(&["auto", "off", "bind", "copy"]))
+        .default("off")
+        .describe("The host's time zone in the machine: read-only over /etc/localtime (bind), copied into the tree (copy), bound only over a plain file (auto) or the tree's own (off)"),
+    key("Exec", "LinkJournal", Choice(&["no", "auto", "host", "try-host"]))
+        .privileged()
+        .default("no")
+        .describe("Keep the machine's journal on the host in /var/log/journal/MACHINE-ID (host; try-host ignores failures; auto only when the host keeps a persistent journal)"),
+    key("Exec", "WorkingDirectory", AbsolutePath)
+        .default("/")
+        .describe("The directory the first process starts in, a path inside the machine"),
+    key("Exec", "User", UserName)
+        .describe("The user, by name or uid in the tree's /etc/passwd, the command runs as with Boot=no (unset, root)"),
+    key("Exec", "PrivateUsers", Bool)
+        .privileged()
+        .later()
+        .default("no")
+        .describe("Run the machine in a user namespace of its own"),
     // [Files]: what the machine sees of the host.
-    key("Files", "ReadOnly", Bool),
-    key("Files", "Volatile", Choice(&["no", "yes", "state", "overlay"])),
-    key("Files", "Bind", BindMount).repeatable().privileged(),
-    key("Files", "BindReadOnly", BindMount).repeatable().privileged(),
-    key("Files", "TemporaryFileSystem", TmpFs).repeatable(),
-    key("Files", "Inaccessible", AbsolutePath).repeatable(),
+    key("Files", "ReadOnly", Bool)
+        .default("no")
+        .describe("Mount the tree read-only"),
+    key("Files", "Volatile", Choice(&["no", "yes", "state", "overlay"]))
+        .default("no")
+        .describe("Keep the machine's changes off the tree: a tmpfs root with only the tree's /usr, read-only (yes), the tree read-only with a tmpfs on /var (state), every change on a tmpfs above the tree (overlay)"),
+    key("Files", "Bind", BindMount)
+        .repeatable()
+        .privileged()
+        .describe("Bind a host path into the machine: SOURCE[:DESTINATION[:OPTIONS]], OPTIONS of ro, rw, nosuid, nodev, noexec, rbind, norbind; repeatable"),
+    key("Files", "BindReadOnly", BindMount)
+        .repeatable()
+        .privileged()
+        .describe("Like Bind=, read-only; repeatable"),
+    key("Files", "TemporaryFileSystem", TmpFs)
+        .repeatable()
+        .privileged()
+        .describe("Mount a fresh tmpfs in the machine: PATH[:OPTIONS], with tmpfs mount options like size=256M; repeatable"),
+    key("Files", "Inaccessible", AbsolutePath)
+        .repeatable()
+        .describe("Make a path of the machine unreadable and unwritable for it; repeatable"),
     // [Network]: applied by the networking issue.
-    key("Network", "Private", Bool).privileged().later(),
-    key("Network", "VirtualEthernet", Bool).privileged().later(),
-    key("Network", "Bridge", InterfaceName).privileged().later(),
-    key("Network", "Zone", ZoneName).privileged().later(),
-    key("Network", "MACAddress", MacAddress).privileged().later(),
+    key("Network", "Private", Bool)
+        .privileged()
+        .later()
+        .default("no")
+        .describe("Give the machine a network namespace of its own"),
+    key("Network", "VirtualEthernet", Bool)
+        .privileged()
+        .later()
+        .default("no")
+        .describe("Connect the machine to the host with a veth pair, host0 in the machine"),
+    key("Network", "Bridge", InterfaceName)
+        .privileged()
+        .later()
+        .describe("Add the host's end of the veth pair to this bridge of the host"),
+    key("Network", "Zone", ZoneName)
+        .privileged()
+        .later()
+        .describe("Add the host's end of the veth pair to the bridge shared by every machine of this zone"),
+    key("Network", "MACAddress", MacAddress)
+        .privileged()
+        .later()
+        .describe("The MAC address of the machine's host0"),
     key("Network", "Address", AddressPrefix)
         .repeatable()
         .privileged()
-        .later(),
-    key("Network", "Gateway", IpAddress).privileged().later(),
-    key("Network", "DNS", IpAddress).repeatable().privileged().later(),
-    key("Network", "Port", PortForward).repeatable().privileged().later(),
+        .later()
+        .describe("An ADDRESS/PREFIX of the machine's host0, like 192.168.100.10/24; repeatable"),
+    key("Network", "Gateway", IpAddress)
+        .privileged()
+        .later()
+        .describe("The machine's default gateway"),
+    key("Network", "DNS", IpAddress)
+        .repeatable()
+        .privileged()
+        .later()
+        .describe("A DNS server for the machine; repeatable"),
+    key("Network", "Port", PortForward)
+        .repeatable()
+        .privileged()
+        .later()
+        .describe("Forward a host port to the machine: [tcp:|udp:]HOSTPORT[:MACHINEPORT]; repeatable"),
     // [Resources]: applied by the systemd issue.
-    key("Resources", "MemoryMax", Size).privileged().later(),
-    key("Resources", "MemoryHigh", Size).privileged().later(),
-    key("Resources", "CPUQuota", Percent).privileged().later(),
-    key("Resources", "CPUWeight", Weight).privileged().later(),
-    key("Resources", "TasksMax", Count).privileged().later(),
-    key("Resources", "IOWeight", Weight).privileged().later(),
+    key("Resources", "MemoryMax", Size)
+        .privileged()
+        .later()
+        .describe("The most memory the machine may use, like 2G (K, M, G, T: powers of 1024), or infinity"),
+    key("Resources", "MemoryHigh", Size)
+        .privileged()
+        .later()
+        .describe("The memory use above which the machine is slowed down and reclaimed from, like 1G, or infinity"),
+    key("Resources", "CPUQuota", Percent)
+        .privileged()
+        .later()
+        .describe("The CPU time the machine may use, in percent of one CPU (200% is two)"),
+    key("Resources", "CPUWeight", Weight)
+        .privileged()
+        .later()
+        .describe("The machine's share of CPU time when CPUs are contended, 1 to 10000"),
+    key("Resources", "TasksMax", Count)
+        .privileged()
+        .later()
+        .describe("The most processes and threads the machine may have"),
+    key("Resources", "IOWeight", Weight)
+        .privileged()
+        .later()
+        .describe("The machine's share of block I/O when devices are contended, 1 to 10000"),
 ];
 
 pub fn find(section: &str, key: &str) -> Option<&'static KeyDef> {
@@ -165,6 +275,35 @@ mod tests {
         flags.sort();
         flags.dedup();
         assert_eq!(flags.len(), KEYS.len(), "two keys share a flag");
+    }
+
+    /// One rule for every description: one line, a capital first, no
+    /// final period (clap and `berth check` append to it).
+    #[test]
+    fn every_key_is_described_and_its_default_parses() {
+        for k in KEYS {
+            let d = k.description;
+            assert!(!d.trim().is_empty(), "{} has no description", k.id());
+            assert!(!d.ends_with('.'), "{}: the description ends with a period", k.id());
+            assert!(!d.contains('\n') && d.trim() == d, "{}: not one trimmed line", k.id());
+            assert!(
+                d.starts_with(|c: char| c.is_ascii_uppercase()),
+                "{}: the description starts lower case",
+                k.id()
+            );
+            if let Some(default) = k.default {
+                assert!(!k.repeatable, "{}: a list has no default", k.id());
+                assert!(
+                    crate::config::value::parse(k.kind, default).is_ok(),
+                    "{}: the default {default:?} does not parse",
+                    k.id()
+                );
+            }
+        }
+        let default_of = |s, k| find(s, k).and_then(|d| d.default);
+        assert_eq!(default_of("Exec", "Boot"), Some("yes"));
+        assert_eq!(default_of("Exec", "KillSignal"), Some("SIGRTMIN+3"));
+        assert_eq!(default_of("Exec", "Hostname"), None);
     }
 
     #[test]

@@ -377,14 +377,43 @@ mod tests {
 
     #[test]
     fn untrusted_files_may_not_widen() {
-        let (s, errors) = load_str(
-            "[Exec]\nBoot=yes\nCapability=CAP_NET_ADMIN\n[Files]\nBind=/tmp\nReadOnly=yes\n[Resources]\nMemoryMax=1G\n",
-            false,
+        let text = "[Exec]\nBoot=yes\nCapability=CAP_NET_ADMIN\nLinkJournal=host\nTimezone=copy\n[Files]\nBind=/tmp\nTemporaryFileSystem=/var/tmp:size=1G\nReadOnly=yes\nInaccessible=/etc/issue\n[Resources]\nMemoryMax=1G\n";
+        let (s, errors) = load_str(text, false);
+        let f = "/etc/berth/machines.d/web.ini";
+        let refused: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split(": not allowed in this file").next().unwrap())
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                format!("{f}:3: [Exec] Capability=CAP_NET_ADMIN"),
+                format!("{f}:4: [Exec] LinkJournal=host"),
+                format!("{f}:7: [Files] Bind=/tmp"),
+                format!("{f}:8: [Files] TemporaryFileSystem=/var/tmp:size=1G"),
+                format!("{f}:12: [Resources] MemoryMax=1G"),
+            ],
+            "{errors:?}"
         );
-        assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(errors[1].starts_with("/etc/berth/machines.d/web.ini:5: [Files] Bind=/tmp: not allowed in this file: it lies next to the machine's tree and is not trusted, and Bind widens what the machine may do"), "{}", errors[1]);
+        assert!(errors[2].starts_with(&format!("{f}:7: [Files] Bind=/tmp: not allowed in this file: it lies next to the machine's tree and is not trusted, and Bind widens what the machine may do")), "{}", errors[2]);
+        assert!(
+            errors[1]
+                .ends_with("and LinkJournal widens what the machine may do (put it in /etc/berth/machines.d/NAME.ini)"),
+            "{}",
+            errors[1]
+        );
         assert_eq!(s.bool("Files", "ReadOnly"), Some(true));
         assert_eq!(s.bool("Exec", "Boot"), Some(true));
+        assert_eq!(s.text("Exec", "Timezone"), Some("copy"));
+        assert_eq!(s.all("Files", "Inaccessible").len(), 1);
+        assert_eq!(s.get("Exec", "LinkJournal"), None);
+        assert!(s.all("Files", "TemporaryFileSystem").is_empty());
+
+        // The same file, trusted, is fine.
+        let (s, errors) = load_str(text, true);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(s.text("Exec", "LinkJournal"), Some("host"));
+        assert_eq!(s.all("Files", "TemporaryFileSystem").len(), 1);
     }
 
     #[test]
