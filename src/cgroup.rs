@@ -14,7 +14,13 @@
 //!   controller C has is enabled for its children;
 //! - standalone: `machine.slice/machine-NAME.scope` below the cgroup2 root,
 //!   created and removed by berth (this is for hosts without systemd; with
-//!   systemd, use the unit).
+//!   systemd, use the unit), with `pids.max` = TASKS_MAX where the pids
+//!   controller is on cgroup2.
+//!
+//! Every cgroup berth creates for a machine carries berth's mark (MARK). A
+//! scope left by a killed berth is removed on the next start; a scope of the
+//! same name without the mark belongs to another manager (systemd-nspawn
+//! uses the same name) and is never touched: the start fails instead.
 
 use std::fs;
 use std::io;
@@ -38,6 +44,26 @@ pub enum CgroupError {
     },
     #[error("cgroup {}: processes of an earlier run are still there after SIGKILL", path.display())]
     Busy { path: PathBuf },
+    #[error("cgroup {} exists and is not berth's: is another manager running a machine named \"{name}\"?", path.display())]
+    Foreign { path: PathBuf, name: MachineName },
+}
+
+/// The extended attribute marking a cgroup as berth's; its value is the
+/// machine name. A `trusted.*` attribute: only CAP_SYS_ADMIN can set or
+/// read it, so no unprivileged process can forge the mark, and cgroup2
+/// (kernfs) keeps it on the directory (checked on a 6.18 hybrid host;
+/// systemd marks its cgroups the same way, e.g. `trusted.delegate`).
+pub const MARK: &str = "trusted.berth.machine";
+
+/// `pids.max` of a standalone machine's scope: the TasksMax= of the systemd
+/// template unit (as in systemd-nspawn@.service), so a machine gets the
+/// same limit with or without systemd.
+pub const TASKS_MAX: u32 = 16384;
+
+/// Whether an existing cgroup carrying `mark` (the value of MARK, if any)
+/// is berth's cgroup for machine `name`, which berth may kill and remove.
+pub fn is_berths(mark: Option<&[u8]>, name: &MachineName) -> bool {
+    mark == Some(name.as_str().as_bytes())
 }
 
 fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> CgroupError + 'a {
@@ -90,8 +116,10 @@ pub struct MachineCgroup {
     parents: Vec<PathBuf>,
 }
 
-/// Choose and create the machine's cgroup. `mount` is the cgroup2 mount,
-/// `own` berth's own cgroup path in it.
+/// Choose and create the machine's cgroup, marked as berth's. `mount` is
+/// the cgroup2 mount, `own` berth's own cgroup path in it. A standalone
+/// scope that already exists is killed and removed only if it carries
+/// berth's mark for `name`; otherwise this fails and kills nothing.
 pub fn prepare(mount: &Path, own: &str, keep_unit: bool, name: &MachineName) -> Result<MachineCgroup, CgroupError> {
     if keep_unit {
         let unit = mount.join(own.trim_start_matches('/'));
@@ -102,9 +130,15 @@ pub fn prepare(mount: &Path, own: &str, keep_unit: bool, name: &MachineName) -> 
         let procs = supervisor.join("cgroup.procs");
         fs::write(&procs, std::process::id().to_string()).map_err(io_err(&procs, "moving berth into it"))?;
         enable_controllers(&unit)?;
+        // systemd gave the unit to berth: whatever is in its payload cgroup
+        // is berth's, marked or not.
         let payload = unit.join("payload");
         remove_tree(&payload)?;
         mkdir(&payload)?;
+        if let Err(e) = mark(&payload, name) {
+            let _ = fs::remove_dir(&payload);
+            return Err(e);
+        }
         Ok(MachineCgroup {
             remove: payload.clone(),
             payload,
@@ -113,17 +147,64 @@ pub fn prepare(mount: &Path, own: &str, keep_unit: bool, name: &MachineName) -> 
     } else {
         let slice = mount.join("machine.slice");
         let scope = slice.join(format!("machine-{name}.scope"));
-        remove_tree(&scope)?;
+        // systemd-nspawn and others use the same scope name: only a scope
+        // berth marked for this machine (left by a killed berth) is removed.
+        remove_if_berths(&scope, name)?;
         mkdir(&slice)?;
         enable_controllers(mount)?;
         enable_controllers(&slice)?;
-        mkdir(&scope)?;
+        // Created here and now, or it is someone else's.
+        match fs::create_dir(&scope) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(CgroupError::Foreign {
+                    path: scope,
+                    name: name.clone(),
+                })
+            }
+            r => r.map_err(io_err(&scope, "creating it"))?,
+        }
+        if let Err(e) = mark(&scope, name).and_then(|()| limit_tasks(&scope)) {
+            let _ = fs::remove_dir(&scope);
+            let _ = fs::remove_dir(&slice); // still used by other machines: fine
+            return Err(e);
+        }
         Ok(MachineCgroup {
             payload: scope.clone(),
             remove: scope,
             parents: vec![slice],
         })
     }
+}
+
+/// Remove an existing cgroup (killing what runs there) if it is berth's
+/// for machine `name`; fail, touching nothing, if it is anyone else's.
+fn remove_if_berths(path: &Path, name: &MachineName) -> Result<(), CgroupError> {
+    let found = match crate::sys::get_xattr(path, MARK) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        r => r.map_err(io_err(path, "reading berth's mark"))?,
+    };
+    if !is_berths(found.as_deref(), name) {
+        return Err(CgroupError::Foreign {
+            path: path.into(),
+            name: name.clone(),
+        });
+    }
+    remove_tree(path)
+}
+
+/// Mark a cgroup berth created as berth's (see MARK).
+fn mark(path: &Path, name: &MachineName) -> Result<(), CgroupError> {
+    crate::sys::set_xattr(path, MARK, name.as_str().as_bytes()).map_err(io_err(path, "marking it as berth's"))
+}
+
+/// Cap the number of tasks at TASKS_MAX where the pids controller is
+/// enabled (on hybrid hosts it usually lives on cgroup v1: then nothing).
+fn limit_tasks(cgroup: &Path) -> Result<(), CgroupError> {
+    let file = cgroup.join("pids.max");
+    if !file.exists() {
+        return Ok(());
+    }
+    fs::write(&file, TASKS_MAX.to_string()).map_err(io_err(&file, "setting it"))
 }
 
 impl MachineCgroup {
@@ -278,5 +359,144 @@ mod tests {
         remove_tree(&top).unwrap();
         assert!(!top.exists());
         remove_tree(&top).unwrap(); // gone already: fine
+    }
+
+    fn name(n: &str) -> MachineName {
+        MachineName::parse(n).unwrap()
+    }
+
+    #[test]
+    fn only_berths_mark_for_the_same_machine_counts() {
+        assert!(is_berths(Some(b"web"), &name("web")));
+        assert!(!is_berths(None, &name("web")));
+        assert!(!is_berths(Some(b""), &name("web")));
+        assert!(!is_berths(Some(b"web2"), &name("web")));
+        assert!(!is_berths(Some(b"web\n"), &name("web")));
+        assert!(!is_berths(Some(b"db"), &name("web")));
+    }
+
+    /// A directory laid out as a cgroup2 mount with an empty machine.slice
+    /// (no controllers): enough for `prepare` outside cgroupfs.
+    fn fake_mount() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for d in [t.path().to_path_buf(), t.path().join("machine.slice")] {
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("cgroup.controllers"), "").unwrap();
+            fs::write(d.join("cgroup.subtree_control"), "").unwrap();
+        }
+        t
+    }
+
+    fn can_set_trusted_xattrs(dir: &Path) -> bool {
+        crate::sys::set_xattr(dir, "trusted.berth.probe", b"1").is_ok()
+    }
+
+    #[test]
+    fn a_scope_without_berths_mark_is_refused_and_kept() {
+        let t = fake_mount();
+        let scope = t.path().join("machine.slice/machine-web.scope");
+        fs::create_dir_all(scope.join("init.scope")).unwrap();
+        let e = prepare(t.path(), "/", false, &name("web")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cgroup {} exists and is not berth's: is another manager running a machine named \"web\"?",
+                scope.display()
+            )
+        );
+        assert!(scope.join("init.scope").is_dir(), "a foreign scope was touched");
+    }
+
+    #[test]
+    fn a_scope_marked_for_another_machine_is_refused_and_kept() {
+        let t = fake_mount();
+        if !can_set_trusted_xattrs(t.path()) {
+            eprintln!("skipped: trusted.* extended attributes need root");
+            return;
+        }
+        let scope = t.path().join("machine.slice/machine-web.scope");
+        fs::create_dir(&scope).unwrap();
+        crate::sys::set_xattr(&scope, MARK, b"db").unwrap();
+        assert!(matches!(
+            prepare(t.path(), "/", false, &name("web")),
+            Err(CgroupError::Foreign { .. })
+        ));
+        assert!(scope.is_dir());
+    }
+
+    #[test]
+    fn a_scope_berth_marked_is_replaced_and_the_new_one_marked() {
+        let t = fake_mount();
+        if !can_set_trusted_xattrs(t.path()) {
+            eprintln!("skipped: trusted.* extended attributes need root");
+            return;
+        }
+        let scope = t.path().join("machine.slice/machine-web.scope");
+        fs::create_dir_all(scope.join("init.scope")).unwrap();
+        crate::sys::set_xattr(&scope, MARK, b"web").unwrap();
+        let cg = prepare(t.path(), "/", false, &name("web")).unwrap();
+        assert_eq!(cg.payload, scope);
+        assert!(!scope.join("init.scope").exists(), "the stale scope was kept");
+        assert_eq!(
+            crate::sys::get_xattr(&scope, MARK).unwrap().as_deref(),
+            Some(&b"web"[..])
+        );
+        assert!(
+            !scope.join("pids.max").exists(),
+            "pids.max written without the controller"
+        );
+        cg.remove().unwrap();
+        assert!(!scope.exists());
+    }
+
+    #[test]
+    fn the_units_payload_is_replaced_whatever_its_mark() {
+        let t = fake_mount();
+        if !can_set_trusted_xattrs(t.path()) {
+            eprintln!("skipped: trusted.* extended attributes need root");
+            return;
+        }
+        let unit = t.path().join("system.slice/machine@web.service");
+        fs::create_dir_all(unit.join("payload/init.scope")).unwrap();
+        fs::create_dir_all(unit.join("supervisor")).unwrap();
+        fs::write(unit.join("cgroup.controllers"), "").unwrap();
+        fs::write(unit.join("cgroup.subtree_control"), "").unwrap();
+        let cg = prepare(t.path(), "/system.slice/machine@web.service", true, &name("web")).unwrap();
+        assert_eq!(cg.payload, unit.join("payload"));
+        assert!(!unit.join("payload/init.scope").exists());
+        assert_eq!(
+            crate::sys::get_xattr(&cg.payload, MARK).unwrap().as_deref(),
+            Some(&b"web"[..])
+        );
+    }
+
+    #[test]
+    fn tasks_are_limited_only_where_pids_max_exists() {
+        let t = tempfile::tempdir().unwrap();
+        limit_tasks(t.path()).unwrap();
+        assert!(!t.path().join("pids.max").exists());
+        fs::write(t.path().join("pids.max"), "max\n").unwrap();
+        limit_tasks(t.path()).unwrap();
+        assert_eq!(fs::read_to_string(t.path().join("pids.max")).unwrap(), "16384");
+    }
+
+    #[test]
+    fn xattrs_read_back_and_a_missing_one_is_none() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(crate::sys::get_xattr(t.path(), MARK).unwrap(), None);
+        assert_eq!(
+            crate::sys::get_xattr(&t.path().join("nothing"), MARK)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::NotFound
+        );
+        if can_set_trusted_xattrs(t.path()) {
+            let long = vec![b'x'; 3000]; // longer than the first buffer
+            crate::sys::set_xattr(t.path(), "trusted.berth.long", &long).unwrap();
+            assert_eq!(
+                crate::sys::get_xattr(t.path(), "trusted.berth.long").unwrap(),
+                Some(long)
+            );
+        }
     }
 }
