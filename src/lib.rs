@@ -5,19 +5,23 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod console;
 pub mod exit;
+pub mod inroot;
 pub mod lock;
 pub mod name;
 pub mod notify;
 pub mod protocol;
 pub mod rootfs;
 pub mod seccomp;
+pub mod setup;
 pub mod signals;
 pub mod spawn;
+pub mod spec;
 pub mod supervisor;
 pub mod sys;
 pub mod tree;

@@ -11,10 +11,11 @@ use nix::sys::socket::{
 };
 
 /// From the supervisor to the child.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum ToChild {
-    /// The child sits in its cgroup: go on with the setup.
-    Go,
+    /// The parent steps are done: go on with the setup, with these
+    /// descriptors (at most `MAX_FDS`).
+    Go(Vec<OwnedFd>),
 }
 
 /// From the child to the supervisor.
@@ -35,6 +36,8 @@ pub enum ProtocolError {
     Io(#[from] nix::Error),
     #[error("unexpected message from the machine's init (tag {tag}, expected {expected})")]
     Unexpected { tag: u8, expected: &'static str },
+    #[error("too many descriptors for one message to the machine's init ({0}, at most 16)")]
+    TooManyFds(usize),
 }
 
 const TAG_GO: u8 = 1;
@@ -42,11 +45,13 @@ const TAG_NOTIFY_SOCKET: u8 = 2;
 const TAG_FAILED: u8 = 3;
 const TAG_STARTED: u8 = 4;
 const MAX_MESSAGE: usize = 4096;
+/// The most descriptors one message carries.
+pub const MAX_FDS: usize = 16;
 
 pub struct Channel(OwnedFd);
 
-/// One received packet: tag, payload, and the descriptor passed with it.
-type Packet = (u8, Vec<u8>, Option<OwnedFd>);
+/// One received packet: tag, payload, and the descriptors passed with it.
+type Packet = (u8, Vec<u8>, Vec<OwnedFd>);
 
 pub fn pair() -> nix::Result<(Channel, Channel)> {
     let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
@@ -59,11 +64,14 @@ impl Channel {
         self.0.as_fd()
     }
 
-    fn send_raw(&self, tag: u8, payload: &[u8], fd: Option<RawFd>) -> Result<(), ProtocolError> {
+    fn send_raw(&self, tag: u8, payload: &[u8], fds: &[RawFd]) -> Result<(), ProtocolError> {
         let tag = [tag];
         let iov = [IoSlice::new(&tag), IoSlice::new(payload)];
-        let fds = fd.map(|f| [f]);
-        let cmsgs: Vec<ControlMessage> = fds.as_ref().map(|f| ControlMessage::ScmRights(f)).into_iter().collect();
+        let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
+            vec![]
+        } else {
+            vec![ControlMessage::ScmRights(fds)]
+        };
         sendmsg::<()>(self.0.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
         Ok(())
     }
@@ -71,8 +79,8 @@ impl Channel {
     /// Receive one packet: None at end-of-file.
     fn recv_raw(&self) -> Result<Option<Packet>, ProtocolError> {
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-        let (len, fd) = {
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let (len, fds) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
             let msg = recvmsg::<()>(
                 self.0.as_raw_fd(),
@@ -80,46 +88,50 @@ impl Channel {
                 Some(&mut cmsg),
                 MsgFlags::MSG_CMSG_CLOEXEC,
             )?;
-            let mut fd = None;
+            let mut fds = Vec::new();
             for c in msg.cmsgs()? {
-                if let ControlMessageOwned::ScmRights(fds) = c {
-                    for f in fds {
-                        fd = Some(crate::sys::own_received_fd(f));
-                    }
+                if let ControlMessageOwned::ScmRights(received) = c {
+                    fds.extend(received.into_iter().map(crate::sys::own_received_fd));
                 }
             }
-            (msg.bytes, fd)
+            (msg.bytes, fds)
         };
         if len == 0 {
             return Ok(None);
         }
         buf.truncate(len);
         let tag = buf.remove(0);
-        Ok(Some((tag, buf, fd)))
+        Ok(Some((tag, buf, fds)))
     }
 
     pub fn send_to_child(&self, m: ToChild) -> Result<(), ProtocolError> {
         match m {
-            ToChild::Go => self.send_raw(TAG_GO, &[], None),
+            ToChild::Go(fds) => {
+                if fds.len() > MAX_FDS {
+                    return Err(ProtocolError::TooManyFds(fds.len()));
+                }
+                let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                self.send_raw(TAG_GO, &[], &raw)
+            }
         }
     }
 
-    /// Wait for `Go`; Ok(false) when the supervisor is gone.
-    pub fn recv_go(&self) -> Result<bool, ProtocolError> {
+    /// Wait for `Go` and its descriptors; None when the supervisor is gone.
+    pub fn recv_go(&self) -> Result<Option<Vec<OwnedFd>>, ProtocolError> {
         match self.recv_raw()? {
-            None => Ok(false),
-            Some((TAG_GO, ..)) => Ok(true),
+            None => Ok(None),
+            Some((TAG_GO, _, fds)) => Ok(Some(fds)),
             Some((tag, ..)) => Err(ProtocolError::Unexpected { tag, expected: "go" }),
         }
     }
 
     pub fn send_to_parent(&self, m: ToParent) -> Result<(), ProtocolError> {
         match m {
-            ToParent::NotifySocket(fd) => self.send_raw(TAG_NOTIFY_SOCKET, &[], Some(fd.as_raw_fd())),
-            ToParent::Started => self.send_raw(TAG_STARTED, &[], None),
+            ToParent::NotifySocket(fd) => self.send_raw(TAG_NOTIFY_SOCKET, &[], &[fd.as_raw_fd()]),
+            ToParent::Started => self.send_raw(TAG_STARTED, &[], &[]),
             ToParent::Failed(text) => {
                 let bytes = text.as_bytes();
-                self.send_raw(TAG_FAILED, &bytes[..bytes.len().min(MAX_MESSAGE - 1)], None)
+                self.send_raw(TAG_FAILED, &bytes[..bytes.len().min(MAX_MESSAGE - 1)], &[])
             }
         }
     }
@@ -128,7 +140,7 @@ impl Channel {
     pub fn recv_from_child(&self) -> Result<Option<ToParent>, ProtocolError> {
         match self.recv_raw()? {
             None => Ok(None),
-            Some((TAG_NOTIFY_SOCKET, _, Some(fd))) => Ok(Some(ToParent::NotifySocket(fd))),
+            Some((TAG_NOTIFY_SOCKET, _, mut fds)) if fds.len() == 1 => Ok(Some(ToParent::NotifySocket(fds.remove(0)))),
             Some((TAG_STARTED, ..)) => Ok(Some(ToParent::Started)),
             Some((TAG_FAILED, text, _)) => Ok(Some(ToParent::Failed(String::from_utf8_lossy(&text).into_owned()))),
             Some((tag, ..)) => Err(ProtocolError::Unexpected {
@@ -146,8 +158,10 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let (parent, child) = pair().unwrap();
-        parent.send_to_child(ToChild::Go).unwrap();
-        assert!(child.recv_go().unwrap());
+        let (r0, _w0) = nix::unistd::pipe().unwrap();
+        let (r1, _w1) = nix::unistd::pipe().unwrap();
+        parent.send_to_child(ToChild::Go(vec![r0, r1])).unwrap();
+        assert_eq!(child.recv_go().unwrap().map(|f| f.len()), Some(2));
         let (r, _w) = nix::unistd::pipe().unwrap();
         child.send_to_parent(ToParent::NotifySocket(r)).unwrap();
         child

@@ -1,28 +1,47 @@
 //! The machine's file system view: API file systems from tables, the
-//! /run/host directory, and the switch of root with pivot_root.
+//! /run/host directory, the admin's mounts, and the switch of root.
 //!
 //! Everything here runs in the machine's init process, in its new mount
 //! namespace, before it executes the init; nothing is mounted on the host.
-//! Paths in the tables are inside the machine; `root` is the tree on the host.
+//! Paths in the tables are inside the machine. The tree is untrusted: every
+//! path in it is resolved inside it ([`InRoot`]), and every mount lands on a
+//! descriptor resolved that way, never on a path joined on the host.
+//!
+//! Binds are made with the new mount API: a detached clone of the source
+//! (`open_tree`), its flags set on every mount in it (`mount_setattr` with
+//! AT_RECURSIVE: additive, so a flag the host mount had is never cleared),
+//! then attached onto the resolved target (`move_mount`).
 
 use std::fs;
-use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, pivot_root};
+use nix::sys::stat::{fstat, makedev, Mode, SFlag};
+use nix::unistd::{chdir, fchdir, pivot_root};
 
-use crate::spawn::{Files, LinkJournal, ResolvConf, Timezone, Volatile};
+use crate::inroot::{fd_path, InRoot, PathError};
+use crate::spec::{Files, LinkJournal, ResolvConf, Timezone, Volatile};
+use crate::sys;
 
 /// A failed setup step, as the child reports it to the supervisor.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} {}: {}", path.display(), errno.desc())]
+#[error("{what} {}: {why}", path.display())]
 pub struct SetupError {
     pub what: &'static str,
     pub path: PathBuf,
-    pub errno: Errno,
+    pub why: String,
+}
+
+impl From<PathError> for SetupError {
+    fn from(e: PathError) -> Self {
+        SetupError {
+            what: e.what,
+            path: e.path,
+            why: e.why,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, SetupError>;
@@ -31,16 +50,16 @@ pub(crate) fn step<T, E: Into<Errno>>(what: &'static str, path: &Path, r: std::r
     r.map_err(|e| SetupError {
         what,
         path: path.to_path_buf(),
-        errno: e.into(),
+        why: e.into().desc().to_string(),
     })
 }
 
 pub(crate) fn io_step<T>(what: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T> {
-    step(
+    r.map_err(|e| SetupError {
         what,
-        path,
-        r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
-    )
+        path: path.to_path_buf(),
+        why: crate::util::os_error(&e),
+    })
 }
 
 struct ApiMount {
@@ -52,6 +71,8 @@ struct ApiMount {
 
 const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
 const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
+const RO_NOSUID_NODEV_NOEXEC: u64 =
+    sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
 
 /// API file systems, mounted in this order (a later target may lie inside an
 /// earlier mount: /sys/fs/cgroup in /sys, /dev/pts in /dev).
@@ -159,7 +180,6 @@ const DEV_LINKS: &[(&str, &str)] = &[
 pub const RUN_HOST: &str = "/run/host";
 pub const NOTIFY_SOCKET: &str = "/run/host/notify";
 const INACCESSIBLE_DIR: &str = "/run/host/inaccessible";
-const INACCESSIBLE_FILE: &str = "/run/host/inaccessible/reg";
 
 /// Mode-0 nodes of every type in /run/host/inaccessible. The machine's
 /// systemd links /run/systemd/inaccessible there and masks paths with them
@@ -172,300 +192,351 @@ const INACCESSIBLE_NODES: &[(&str, SFlag)] = &[
     ("blk", SFlag::S_IFBLK),
 ];
 
-fn inside(root: &Path, path: &str) -> PathBuf {
-    root.join(path.trim_start_matches('/'))
+/// The most of a host file berth copies into a machine (resolv.conf, the
+/// zone file, os-release).
+const MAX_HOST_FILE: u64 = 1 << 20;
+
+/// Attach a detached clone of `source` (every mount below it with
+/// `recursive`) onto `target`, with the MOUNT_ATTR_* flags `attrs` added to
+/// every mount of the clone.
+fn bind_fd(source: BorrowedFd<'_>, target: BorrowedFd<'_>, recursive: bool, attrs: u64, shown: &Path) -> Result<()> {
+    let clone = io_step("cloning the mount for", shown, sys::clone_mount(source, recursive))?;
+    if attrs != 0 {
+        io_step(
+            "setting mount flags for",
+            shown,
+            sys::mount_setattr(clone.as_fd(), attrs, recursive),
+        )?;
+    }
+    io_step("mounting onto", shown, sys::move_mount_onto(clone.as_fd(), target))
 }
 
-fn mkdir_p(path: &Path) -> Result<()> {
-    io_step(
-        "creating directory",
-        path,
-        fs::DirBuilder::new().recursive(true).mode(0o755).create(path),
-    )
+/// Open a path of the host (trusted: chosen by the admin or berth) for a
+/// bind's source.
+fn host_path_fd(path: &Path) -> Result<OwnedFd> {
+    let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC;
+    step("opening", path, nix::fcntl::open(path, flags, Mode::empty()))
 }
 
-/// An empty file to mount on (kept if it exists).
-fn touch(path: &Path) -> Result<()> {
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(path);
-    io_step("creating", path, file.map(|_| ()))
-}
-
-fn bind(src: &Path, dst: &Path, flags: MsFlags) -> Result<()> {
+/// Mount a new file system of `fstype` onto the resolved `target`.
+fn mount_on(fstype: &str, target: BorrowedFd<'_>, flags: MsFlags, data: Option<&str>, shown: &Path) -> Result<()> {
     step(
-        "bind-mounting onto",
-        dst,
-        mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | flags, None::<&str>),
+        "mounting",
+        shown,
+        mount(Some(fstype), &fd_path(target), Some(fstype), flags, data),
     )
 }
 
-fn make_read_only_noexec(path: &Path) -> Result<()> {
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC;
-    step(
-        "making read-only",
-        path,
-        mount(None::<&str>, path, None::<&str>, flags, None::<&str>),
-    )
-}
-
-/// Step 1: cut propagation to the host, and make the machine's root a mount
-/// point of its own (pivot_root needs one): the tree itself, or for
-/// Volatile= a tmpfs holding the parts of it the machine may see.
-pub fn isolate(root: &Path, volatile: Volatile, machine_id: &str) -> Result<()> {
-    let flags = MsFlags::MS_REC | MsFlags::MS_SLAVE;
+/// Step 1: cut propagation to and from the host, and make the machine's
+/// root a mount of its own (pivot_root needs one): a recursive clone of the
+/// tree, or for Volatile= a tmpfs holding the parts of it the machine may
+/// see. Returns the new root. `read_only` (ReadOnly=yes) makes the tree and
+/// every mount in it read-only here, before anything is mounted on top, so
+/// the API file systems stay writable.
+pub fn isolate(tree_path: &Path, read_only: bool, volatile: Volatile, machine_id: &str) -> Result<InRoot> {
+    // Private, not slave: host mounts made later under the tree do not
+    // appear in the machine, and nothing the machine mounts reaches the host.
+    let flags = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
     step(
         "changing propagation of",
         Path::new("/"),
         mount(None::<&str>, "/", None::<&str>, flags, None::<&str>),
     )?;
+    let tree = InRoot::open(tree_path)?;
+    // A read-only tree is made so here, on every mount in it and before
+    // anything is mounted on top (so the API file systems stay writable);
+    // mount points it lacks are then made through a writable clone of it.
+    let attach_tree = |read_only: bool| -> Result<InRoot> {
+        let clone = io_step("cloning the mount of", tree_path, sys::clone_mount(tree.fd(), true))?;
+        let writable = if read_only {
+            let w = io_step("cloning the mount of", tree_path, sys::clone_mount(tree.fd(), true))?;
+            io_step(
+                "making read-only",
+                tree_path,
+                sys::mount_setattr(clone.as_fd(), sys::MOUNT_ATTR_RDONLY, true),
+            )?;
+            Some(InRoot::from_fd(w, tree_path.to_path_buf()))
+        } else {
+            None
+        };
+        io_step(
+            "mounting the tree on",
+            tree_path,
+            sys::move_mount_onto(clone.as_fd(), tree.fd()),
+        )?;
+        let root = InRoot::from_fd(clone, tree_path.to_path_buf());
+        Ok(match writable {
+            Some(w) => root.with_mount_points_through(w),
+            None => root,
+        })
+    };
     match volatile {
-        Volatile::No => bind(root, root, MsFlags::MS_REC),
+        Volatile::No => attach_tree(read_only),
         Volatile::State => {
-            bind(root, root, MsFlags::MS_REC)?;
-            make_read_only(root)?;
-            let var = inside(root, "/var");
-            step(
-                "mounting a temporary /var on",
-                &var,
-                mount(Some("tmpfs"), &var, Some("tmpfs"), NOSUID_NODEV, Some("mode=0755")),
-            )
+            let root = attach_tree(true)?;
+            let var = root.path_fd("opening", "/var")?;
+            mount_on(
+                "tmpfs",
+                var.as_fd(),
+                NOSUID_NODEV,
+                Some("mode=0755"),
+                &root.show("/var"),
+            )?;
+            Ok(root)
         }
         Volatile::Yes | Volatile::Overlay => {
-            // Keep a way to the tree before a tmpfs hides it.
-            let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC;
-            let tree = step("opening", root, nix::fcntl::open(root, flags, Mode::empty()))?;
-            let tree_path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&tree)));
-            let tmpfs = mount(Some("tmpfs"), root, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"));
-            step("mounting a temporary root on", root, tmpfs)?;
+            let tmpfs = io_step(
+                "creating a temporary root for",
+                tree_path,
+                sys::new_fs_mount("tmpfs", &[("mode", "0755")]),
+            )?;
+            io_step(
+                "mounting a temporary root on",
+                tree_path,
+                sys::move_mount_onto(tmpfs.as_fd(), tree.fd()),
+            )?;
+            let scratch = InRoot::from_fd(tmpfs, tree_path.to_path_buf());
             if volatile == Volatile::Overlay {
-                let (upper, work) = (inside(root, "/upper"), inside(root, "/work"));
-                mkdir_p(&upper)?;
-                mkdir_p(&work)?;
-                let data = format!(
-                    "lowerdir={},upperdir={},workdir={}",
-                    tree_path.display(),
-                    upper.display(),
-                    work.display()
-                );
-                let overlay = mount(
-                    Some("overlay"),
-                    root,
-                    Some("overlay"),
-                    MsFlags::empty(),
-                    Some(data.as_str()),
-                );
-                return step("mounting an overlay on", root, overlay);
+                let upper = scratch.mkdir_all("/upper", 0o755)?;
+                let work = scratch.mkdir_all("/work", 0o755)?;
+                let lower = fd_path(tree.fd());
+                let (upper, work) = (fd_path(upper.as_fd()), fd_path(work.as_fd()));
+                let options = [
+                    ("lowerdir", lower.to_string_lossy().into_owned()),
+                    ("upperdir", upper.to_string_lossy().into_owned()),
+                    ("workdir", work.to_string_lossy().into_owned()),
+                ];
+                let options: Vec<(&str, &str)> = options.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let overlay = io_step(
+                    "creating an overlay of",
+                    tree_path,
+                    sys::new_fs_mount("overlay", &options),
+                )?;
+                io_step(
+                    "mounting an overlay on",
+                    tree_path,
+                    sys::move_mount_onto(overlay.as_fd(), scratch.fd()),
+                )?;
+                return Ok(InRoot::from_fd(overlay, tree_path.to_path_buf()));
             }
-            // Volatile=yes: only /usr comes from the tree, read-only; the
-            // merged-/usr links make it bootable.
-            let usr = inside(root, "/usr");
-            mkdir_p(&usr)?;
-            bind(&tree_path.join("usr"), &usr, MsFlags::MS_REC)?;
-            make_read_only(&usr)?;
+            // Volatile=yes: only /usr comes from the tree (resolved inside
+            // it), read-only; the merged-/usr links make it bootable.
+            let root = scratch;
+            let usr_src = tree.path_fd("opening", "/usr")?;
+            let usr = root.mkdir_all("/usr", 0o755)?;
+            bind_fd(
+                usr_src.as_fd(),
+                usr.as_fd(),
+                true,
+                sys::MOUNT_ATTR_RDONLY,
+                &root.show("/usr"),
+            )?;
             for (link, target) in [
-                ("bin", "usr/bin"),
-                ("sbin", "usr/sbin"),
-                ("lib", "usr/lib"),
-                ("lib64", "usr/lib64"),
+                ("/bin", "usr/bin"),
+                ("/sbin", "usr/sbin"),
+                ("/lib", "usr/lib"),
+                ("/lib64", "usr/lib64"),
             ] {
-                if inside(root, target).exists() {
-                    let path = inside(root, link);
-                    io_step("creating symlink", &path, symlink(target, &path))?;
+                if root.exists(target) {
+                    root.symlink(target, link)?;
                 }
             }
-            for dir in ["etc", "var", "proc", "sys", "dev", "run", "tmp", "root"] {
-                mkdir_p(&inside(root, dir))?;
+            for dir in ["/etc", "/var", "/proc", "/sys", "/dev", "/run", "/tmp", "/root"] {
+                root.mkdir_all(dir, 0o755)?;
             }
             // An /etc with a machine id is not a "first boot": without it,
             // systemd-firstboot would wait for answers on the console.
-            let path = inside(root, "/etc/machine-id");
-            io_step("writing", &path, fs::write(&path, format!("{machine_id}\n")))
+            root.replace_file("/etc/machine-id", format!("{machine_id}\n").as_bytes(), 0o444)?;
+            Ok(root)
         }
     }
 }
 
 /// Step 2: API file systems, device nodes and /dev links. `console` is the
 /// host's pty slave to show as /dev/console (None: no console device).
-pub fn mount_api(root: &Path, console: Option<&Path>) -> Result<()> {
+pub fn mount_api(root: &InRoot, console: Option<&Path>) -> Result<()> {
     for m in API_MOUNTS {
-        let target = inside(root, m.target);
-        mkdir_p(&target)?;
-        step(
-            "mounting",
-            &target,
-            mount(Some(m.fstype), &target, Some(m.fstype), m.flags, m.data),
-        )?;
+        let target = root.mkdir_all(m.target, 0o755)?;
+        mount_on(m.fstype, target.as_fd(), m.flags, m.data, &root.show(m.target))?;
     }
     for (name, major, minor) in DEVICE_NODES {
-        let path = inside(root, &format!("/dev/{name}"));
-        if let Some(parent) = path.parent() {
-            mkdir_p(parent)?;
-        }
-        let mode = Mode::from_bits_truncate(0o666);
-        step(
-            "creating device node",
-            &path,
-            mknod(&path, SFlag::S_IFCHR, mode, makedev(*major, *minor)),
-        )?;
+        root.mknod(&format!("/dev/{name}"), SFlag::S_IFCHR, 0o666, makedev(*major, *minor))?;
     }
     for (link, target) in DEV_LINKS {
-        let path = inside(root, link);
-        io_step("creating symlink", &path, symlink(target, &path))?;
+        root.symlink(target, link)?;
     }
     if let Some(pty) = console {
-        let path = inside(root, "/dev/console");
-        io_step(
-            "creating",
-            &path,
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path),
-        )?;
-        bind(pty, &path, MsFlags::empty())?;
+        let target = root.mount_point_file("/dev/console")?;
+        let source = host_path_fd(pty)?;
+        bind_fd(source.as_fd(), target.as_fd(), false, 0, &root.show("/dev/console"))?;
     }
     Ok(())
 }
 
-/// Step 3: /run/host with the host's os-release, the manager's name, and an
-/// inaccessible file used to mask /proc entries. The notify socket is added
-/// by the caller before `restrict` makes the directory read-only.
-pub fn populate_run_host(root: &Path) -> Result<()> {
-    let dir = inside(root, RUN_HOST);
-    let inaccessible = inside(root, INACCESSIBLE_DIR);
-    mkdir_p(&inaccessible.join("dir"))?;
+/// Step 3: /run/host with the host's os-release, the manager's name, and
+/// inaccessible nodes used to mask paths. Returns the directory, for the
+/// notify socket, which the caller binds before `restrict` makes it
+/// read-only.
+pub fn populate_run_host(root: &InRoot) -> Result<OwnedFd> {
+    root.mkdir_all(INACCESSIBLE_DIR, 0o755)?;
+    root.mkdir_all(&format!("{INACCESSIBLE_DIR}/dir"), 0o000)?;
     for (name, kind) in INACCESSIBLE_NODES {
-        let path = inaccessible.join(name);
-        step("creating", &path, mknod(&path, *kind, Mode::empty(), makedev(0, 0)))?;
+        root.mknod(&format!("{INACCESSIBLE_DIR}/{name}"), *kind, 0, makedev(0, 0))?;
     }
-    let path = inaccessible.join("dir");
-    io_step(
-        "restricting",
-        &path,
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o000)),
-    )?;
-    let os_release = fs::read("/etc/os-release")
-        .or_else(|_| fs::read("/usr/lib/os-release"))
+    let os_release = read_host_file(Path::new("/etc/os-release"))
+        .or_else(|_| read_host_file(Path::new("/usr/lib/os-release")))
         .unwrap_or_default();
-    let path = dir.join("os-release");
-    io_step("writing", &path, fs::write(&path, os_release))?;
-    let path = dir.join("container-manager");
-    io_step("writing", &path, fs::write(&path, "berth\n"))?;
-    Ok(())
+    write_new(root, "/run/host/os-release", &os_release)?;
+    write_new(root, "/run/host/container-manager", b"berth\n")?;
+    Ok(root.path_fd("opening", RUN_HOST)?)
+}
+
+fn write_new(root: &InRoot, path: &str, contents: &[u8]) -> Result<()> {
+    let mut f = root.create(path, 0o444)?;
+    io_step("writing", &root.show(path), std::io::Write::write_all(&mut f, contents))
+}
+
+/// A host file berth shows to the machine (bounded: /etc/resolv.conf could
+/// be anything on a badly configured host).
+fn read_host_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    fs::File::open(path)?.take(MAX_HOST_FILE).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 /// Step 4: masks and read-only parts of /proc, read-only /run/host.
-pub fn restrict(root: &Path) -> Result<()> {
-    let inaccessible = inside(root, INACCESSIBLE_FILE);
+pub fn restrict(root: &InRoot) -> Result<()> {
+    let inaccessible = root.path_fd("opening", &format!("{INACCESSIBLE_DIR}/reg"))?;
     for p in PROC_MASKED {
-        let target = inside(root, p);
-        if target.exists() {
-            bind(&inaccessible, &target, MsFlags::empty())?;
-            make_read_only_noexec(&target)?;
+        if let Ok(target) = root.open_at(p, nix::fcntl::OFlag::O_PATH) {
+            bind_fd(
+                inaccessible.as_fd(),
+                target.as_fd(),
+                false,
+                RO_NOSUID_NODEV_NOEXEC,
+                &root.show(p),
+            )?;
         }
     }
     for p in PROC_READ_ONLY {
-        let target = inside(root, p);
-        if target.exists() {
-            bind(&target, &target, MsFlags::MS_REC)?;
-            make_read_only_noexec(&target)?;
+        if let Ok(target) = root.open_at(p, nix::fcntl::OFlag::O_PATH) {
+            bind_fd(
+                target.as_fd(),
+                target.as_fd(),
+                true,
+                RO_NOSUID_NODEV_NOEXEC,
+                &root.show(p),
+            )?;
         }
     }
-    let run_host = inside(root, RUN_HOST);
-    bind(&run_host, &run_host, MsFlags::empty())?;
-    make_read_only_noexec(&run_host)
+    let run_host = root.path_fd("opening", RUN_HOST)?;
+    bind_fd(
+        run_host.as_fd(),
+        run_host.as_fd(),
+        false,
+        RO_NOSUID_NODEV_NOEXEC,
+        &root.show(RUN_HOST),
+    )
+}
+
+/// Whether the tree's `path` is a plain file (not a link, not anything else).
+fn is_plain_file(root: &InRoot, path: &str) -> bool {
+    root.kind_of(path) == Some(SFlag::S_IFREG)
+}
+
+/// A host file shown read-only over the tree's `path`.
+fn bind_host_file(root: &InRoot, host: &Path, path: &str) -> Result<()> {
+    let target = root.mount_point_file(path)?;
+    let source = host_path_fd(host)?;
+    bind_fd(
+        source.as_fd(),
+        target.as_fd(),
+        false,
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        &root.show(path),
+    )
 }
 
 /// Step 5 (host network only): the host's resolver configuration. `Auto`:
 /// read-only over the tree's /etc/resolv.conf when that is a plain file (a
 /// tree whose resolv.conf is a link, to systemd-resolved's say, keeps its
 /// own); `BindHost`: always, creating the file if needed; `CopyHost`: a
-/// copy written into the tree.
-pub fn resolv_conf(root: &Path, mode: ResolvConf) -> Result<()> {
-    let target = inside(root, "/etc/resolv.conf");
+/// copy written into the tree (replacing a link there, never through it).
+pub fn resolv_conf(root: &InRoot, mode: ResolvConf) -> Result<()> {
+    const TARGET: &str = "/etc/resolv.conf";
     let host = Path::new("/etc/resolv.conf");
     if mode == ResolvConf::Off || !host.exists() {
         return Ok(());
     }
-    if mode == ResolvConf::CopyHost {
-        let _ = fs::remove_file(&target);
-        return io_step(
-            "copying the host's resolv.conf to",
-            &target,
-            fs::copy(host, &target).map(|_| ()),
-        );
+    match mode {
+        ResolvConf::Off => Ok(()),
+        ResolvConf::CopyHost => {
+            let text = io_step("reading", host, read_host_file(host))?;
+            Ok(root.replace_file(TARGET, &text, 0o644)?)
+        }
+        ResolvConf::Auto if !is_plain_file(root, TARGET) => Ok(()),
+        ResolvConf::Auto => bind_host_file(root, host, TARGET),
+        ResolvConf::BindHost => {
+            if !is_plain_file(root, TARGET) {
+                root.replace_file(TARGET, b"", 0o644)?;
+            }
+            bind_host_file(root, host, TARGET)
+        }
     }
-    let is_plain_file = fs::symlink_metadata(&target).map(|m| m.is_file()).unwrap_or(false);
-    if mode == ResolvConf::BindHost && !is_plain_file {
-        let _ = fs::remove_file(&target);
-        touch(&target)?;
-    }
-    if is_plain_file || mode == ResolvConf::BindHost {
-        bind(host, &target, MsFlags::empty())?;
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV;
-        step(
-            "making read-only",
-            &target,
-            mount(None::<&str>, &target, None::<&str>, flags, None::<&str>),
-        )?;
-    }
-    Ok(())
 }
 
 /// Timezone=: the host's zone for the machine. Off leaves the tree alone;
 /// Copy writes the host's zone file into the tree; Bind shows it read-only
 /// over the tree's /etc/localtime (a link there is replaced by a plain file
 /// once); Auto binds only when that needs no change to the tree.
-pub fn timezone(root: &Path, mode: Timezone) -> Result<()> {
+pub fn timezone(root: &InRoot, mode: Timezone) -> Result<()> {
+    const TARGET: &str = "/etc/localtime";
     let Ok(host) = fs::canonicalize("/etc/localtime") else {
         return Ok(());
     };
-    let target = inside(root, "/etc/localtime");
-    let is_plain_file = fs::symlink_metadata(&target).map(|m| m.is_file()).unwrap_or(false);
     match mode {
         Timezone::Off => Ok(()),
-        Timezone::Auto if !is_plain_file => Ok(()),
+        Timezone::Auto if !is_plain_file(root, TARGET) => Ok(()),
         Timezone::Copy => {
-            let _ = fs::remove_file(&target);
-            io_step(
-                "copying the host's time zone to",
-                &target,
-                fs::copy(&host, &target).map(|_| ()),
-            )
+            let zone = io_step("reading", &host, read_host_file(&host))?;
+            Ok(root.replace_file(TARGET, &zone, 0o644)?)
         }
         Timezone::Bind | Timezone::Auto => {
-            if !is_plain_file {
-                let _ = fs::remove_file(&target);
-                touch(&target)?;
+            if !is_plain_file(root, TARGET) {
+                root.replace_file(TARGET, b"", 0o644)?;
             }
-            bind(&host, &target, MsFlags::empty())?;
-            make_read_only(&target)
+            bind_host_file(root, &host, TARGET)
         }
     }
 }
 
 /// LinkJournal=: the machine's journal directory lives on the host, as
-/// /var/log/journal/MACHINE-ID, bound to the same path in the machine.
-pub fn link_journal(root: &Path, mode: LinkJournal, machine_id: &str) -> Result<()> {
+/// /var/log/journal/MACHINE-ID, bound (nosuid, nodev) to the same path in
+/// the machine. The caller refuses a machine id equal to the host's.
+pub fn link_journal(root: &InRoot, mode: LinkJournal, machine_id: &str) -> Result<()> {
     let wanted = match mode {
         LinkJournal::No => false,
         LinkJournal::Auto => Path::new("/var/log/journal").is_dir(),
         LinkJournal::Host | LinkJournal::TryHost => true,
     };
-    if !wanted || machine_id.len() != 32 {
+    if !wanted || machine_id.len() != 32 || !machine_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(());
     }
     let host_dir = Path::new("/var/log/journal").join(machine_id);
-    let target = inside(root, &format!("/var/log/journal/{machine_id}"));
-    let result = mkdir_p(&host_dir)
-        .and_then(|_| mkdir_p(&target))
-        .and_then(|_| bind(&host_dir, &target, MsFlags::empty()));
+    let path = format!("/var/log/journal/{machine_id}");
+    let result = io_step("creating", &host_dir, fs::create_dir_all(&host_dir))
+        .and_then(|_| Ok(root.mkdir_all(&path, 0o755)?))
+        .and_then(|target| {
+            let source = host_path_fd(&host_dir)?;
+            bind_fd(
+                source.as_fd(),
+                target.as_fd(),
+                false,
+                sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                &root.show(&path),
+            )
+        });
     match (result, mode) {
         (Err(e), LinkJournal::Host) => Err(e),
         _ => Ok(()),
@@ -473,105 +544,141 @@ pub fn link_journal(root: &Path, mode: LinkJournal, machine_id: &str) -> Result<
 }
 
 /// [Files]: bind mounts, temporary file systems and inaccessible paths.
-pub fn mount_files(root: &Path, files: &Files) -> Result<()> {
+pub fn mount_files(root: &InRoot, files: &Files) -> Result<()> {
     for b in &files.binds {
-        let source = Path::new(&b.source);
-        let target = inside(root, &b.target);
-        let is_dir = io_step("looking at", source, fs::metadata(source))?.is_dir();
-        if is_dir {
-            mkdir_p(&target)?;
-        } else if !target.exists() {
-            if let Some(parent) = target.parent() {
-                mkdir_p(parent)?;
-            }
-            touch(&target)?;
-        }
-        bind(
-            source,
-            &target,
-            if b.recursive { MsFlags::MS_REC } else { MsFlags::empty() },
-        )?;
-        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
-        for (on, f) in [
-            (b.read_only, MsFlags::MS_RDONLY),
-            (b.nosuid, MsFlags::MS_NOSUID),
-            (b.nodev, MsFlags::MS_NODEV),
-            (b.noexec, MsFlags::MS_NOEXEC),
+        let source_path = Path::new(&b.source);
+        let source = host_path_fd(source_path)?;
+        let is_dir =
+            step("looking at", source_path, fstat(&source))?.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits();
+        let target = if is_dir {
+            root.mkdir_all(&b.target, 0o755)?
+        } else {
+            root.mount_point_file(&b.target)?
+        };
+        let mut attrs = 0;
+        for (on, a) in [
+            (b.read_only, sys::MOUNT_ATTR_RDONLY),
+            (b.nosuid, sys::MOUNT_ATTR_NOSUID),
+            (b.nodev, sys::MOUNT_ATTR_NODEV),
+            (b.noexec, sys::MOUNT_ATTR_NOEXEC),
         ] {
             if on {
-                flags |= f;
+                attrs |= a;
             }
         }
-        if flags != MsFlags::MS_BIND | MsFlags::MS_REMOUNT {
-            step(
-                "setting the options of",
-                &target,
-                mount(None::<&str>, &target, None::<&str>, flags, None::<&str>),
-            )?;
-        }
-    }
-    for (path, options) in &files.tmpfs {
-        let target = inside(root, path);
-        mkdir_p(&target)?;
-        let data = if options.is_empty() {
-            "mode=0755".to_string()
-        } else {
-            options.clone()
-        };
-        step(
-            "mounting a temporary file system on",
-            &target,
-            mount(Some("tmpfs"), &target, Some("tmpfs"), NOSUID_NODEV, Some(data.as_str())),
+        bind_fd(
+            source.as_fd(),
+            target.as_fd(),
+            b.recursive,
+            attrs,
+            &root.show(&b.target),
         )?;
     }
+    for (path, options) in &files.tmpfs {
+        let target = root.mkdir_all(path, 0o755)?;
+        let data = if options.is_empty() { "mode=0755" } else { options };
+        mount_on("tmpfs", target.as_fd(), NOSUID_NODEV, Some(data), &root.show(path))?;
+    }
     for path in &files.inaccessible {
-        let target = inside(root, path);
-        let meta = io_step("looking at", &target, fs::symlink_metadata(&target))?;
-        let kind = meta.file_type();
-        use std::os::unix::fs::FileTypeExt;
-        let node = if kind.is_dir() {
-            "dir"
-        } else if kind.is_char_device() {
-            "chr"
-        } else if kind.is_block_device() {
-            "blk"
-        } else if kind.is_fifo() {
-            "fifo"
-        } else if kind.is_socket() {
-            "sock"
-        } else {
-            "reg"
+        let target = root.path_fd("looking at", path)?;
+        let kind = step("looking at", &root.show(path), fstat(&target))?.st_mode & SFlag::S_IFMT.bits();
+        let node = match SFlag::from_bits_truncate(kind) {
+            k if k == SFlag::S_IFDIR => "dir",
+            k if k == SFlag::S_IFCHR => "chr",
+            k if k == SFlag::S_IFBLK => "blk",
+            k if k == SFlag::S_IFIFO => "fifo",
+            k if k == SFlag::S_IFSOCK => "sock",
+            _ => "reg",
         };
-        let source = inside(root, &format!("{INACCESSIBLE_DIR}/{node}"));
-        bind(&source, &target, MsFlags::empty())?;
-        make_read_only_noexec(&target)?;
+        let source = root.path_fd("opening", &format!("{INACCESSIBLE_DIR}/{node}"))?;
+        bind_fd(
+            source.as_fd(),
+            target.as_fd(),
+            false,
+            RO_NOSUID_NODEV_NOEXEC,
+            &root.show(path),
+        )?;
     }
     Ok(())
-}
-
-/// Make a mount (the tree for ReadOnly=yes, or one bind mount) read-only,
-/// changing nothing else: mounts on top keep their own options.
-pub fn make_read_only(root: &Path) -> Result<()> {
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    step(
-        "making read-only",
-        root,
-        mount(None::<&str>, root, None::<&str>, flags, None::<&str>),
-    )
 }
 
 /// Step 6: make the tree the root. pivot_root puts the old root on top of
 /// the new one; detaching it leaves no path back to the host's file system,
 /// so chroot("..") tricks end at the machine's own root.
-pub fn enter(root: &Path) -> Result<()> {
-    step("changing directory to", root, chdir(root))?;
-    step("pivot_root into", root, pivot_root(".", "."))?;
+pub fn enter(root: &InRoot) -> Result<()> {
+    let shown = root.show("/");
+    step("changing directory to", &shown, fchdir(root.fd()))?;
+    step("pivot_root into", &shown, pivot_root(".", "."))?;
     step(
         "detaching the host's root from",
-        root,
+        &shown,
         umount2(".", MntFlags::MNT_DETACH),
     )?;
     step("changing directory to", Path::new("/"), chdir("/"))
+}
+
+/// Step 7 (no user namespace of the machine's own): lock every mount.
+///
+/// Why: root of the host's user namespace may umount a mask, remount
+/// /proc/sys read-write, or mount a fresh proc or sysfs, whose
+/// /proc/sys/kernel/core_pattern and /sys/kernel/uevent_helper run programs
+/// as host root; nothing in the kernel stops real root there, and a seccomp
+/// filter cannot read mount(2)'s file system type or path (pointers). What
+/// the kernel does enforce is keyed on the *mount namespace's owner*: when a
+/// mount namespace is copied into one owned by another user namespace,
+/// every mount is locked (MNT_LOCKED: it cannot be unmounted apart from its
+/// parent, and its read-only, nosuid, nodev and noexec flags cannot be
+/// cleared), and in a mount namespace not owned by the host's user
+/// namespace a new proc or sysfs is refused unless an unmasked, equally
+/// writable instance is already visible there ("mount_too_revealing").
+///
+/// So the machine gets a copy of its mount namespace owned by an empty user
+/// namespace (no ID maps), made by a helper process cloned into it, which
+/// the init joins with setns(2); the init itself stays in the host's user
+/// namespace with its capabilities, so the tree is booted unchanged. The
+/// remaining way round is a mount namespace of the machine's own making,
+/// which would again be owned by the host's user namespace: the seccomp
+/// filter refuses CLONE_NEWNS without CLONE_NEWUSER (see `seccomp`).
+/// systemd-nspawn leaves all of this open without -U; its developers'
+/// advice is a user namespace, which berth's PrivateUsers= brings.
+pub fn lock_mounts() -> Result<()> {
+    let here = Path::new("/");
+    let (wait_read, wait_write) = step("creating a pipe in", here, nix::unistd::pipe())?;
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS;
+    let helper = match io_step("creating the mount lock of", here, sys::clone_process(flags, None))? {
+        sys::Cloned::Child => {
+            // The helper only holds its namespaces until the init joined
+            // them: it waits for end-of-file, then exits. (Async-signal-safe
+            // calls only: this is a copy of the process after clone.)
+            drop(wait_write);
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(&wait_read, &mut b);
+            sys::exit_now(0)
+        }
+        sys::Cloned::Parent { child, .. } => child,
+    };
+    drop(wait_read);
+    let ns_path = PathBuf::from(format!("/proc/{helper}/ns/mnt"));
+    let joined = step(
+        "opening",
+        &ns_path,
+        nix::fcntl::open(
+            &ns_path,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+    )
+    .and_then(|ns| {
+        step(
+            "joining the locked mount namespace",
+            &ns_path,
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS),
+        )
+    });
+    drop(wait_write);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(helper), None);
+    joined?;
+    step("changing directory to", here, chdir("/"))
 }
 
 #[cfg(test)]
@@ -598,7 +705,6 @@ mod tests {
         assert!(!DEVICE_NODES
             .iter()
             .any(|(n, ..)| n.starts_with("sd") || *n == "mem" || *n == "kmsg"));
-        assert_eq!(inside(Path::new("/t"), "/run/host"), PathBuf::from("/t/run/host"));
     }
 
     #[test]

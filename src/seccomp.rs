@@ -114,6 +114,10 @@ const OFFSET_NR: u32 = 0; // struct seccomp_data { int nr; __u32 arch; ... }
 const OFFSET_ARCH: u32 = 4;
 const RET_ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
 const RET_EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+const RET_ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+/// args[0] of struct seccomp_data, its low 32 bits (little-endian).
+#[cfg(target_endian = "little")]
+const OFFSET_ARG0_LOW: u32 = 16;
 
 fn stmt(code: u32, k: u32) -> libc::sock_filter {
     libc::sock_filter {
@@ -133,30 +137,143 @@ fn jump(code: u32, k: u32, jt: usize, jf: usize) -> libc::sock_filter {
     }
 }
 
+/// Where a jump of the filter goes, resolved when a block is laid out.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Label {
+    Next,
+    Allow,
+    Deny,
+    NoSys,
+    Flags,
+}
+
+/// One instruction with symbolic jump targets.
+struct Ins {
+    code: u32,
+    k: u32,
+    jt: Label,
+    jf: Label,
+}
+
+/// Numbers of the calls that create namespaces, on one ABI.
+#[derive(Clone, Copy)]
+pub struct NsCalls {
+    pub clone: u32,
+    pub unshare: u32,
+    pub clone3: u32,
+}
+
+const NATIVE_NS_CALLS: NsCalls = NsCalls {
+    clone: libc::SYS_clone as u32,
+    unshare: libc::SYS_unshare as u32,
+    clone3: libc::SYS_clone3 as u32,
+};
+/// i386 numbers, from the kernel's syscall_32.tbl.
+#[cfg(target_arch = "x86_64")]
+const I386_NS_CALLS: NsCalls = NsCalls {
+    clone: 120,
+    unshare: 310,
+    clone3: 435,
+};
+
 /// One block: "if arch == ARCH { deny NRS with EPERM, allow the rest }".
-fn arch_block(arch: u32, nrs: &[u32], x32_guard: bool) -> Vec<libc::sock_filter> {
-    use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    // Body: ld nr; [jge x32 -> deny]; jeq nr_i -> deny ...; ret allow; deny: ret eperm
-    let checks = nrs.len() + usize::from(x32_guard);
-    let mut body = vec![stmt(BPF_LD | BPF_W | BPF_ABS, OFFSET_NR)];
-    // Distance from check i (0-based) to the deny instruction: the remaining
-    // checks after it, plus the allow.
-    let mut i = 0;
+///
+/// With `ns` (a machine without a user namespace of its own), also: clone3
+/// answers ENOSYS, so that libc falls back to clone(2), whose flags the
+/// filter can see (clone3 passes them in memory, which seccomp cannot read;
+/// glibc and systemd fall back on ENOSYS); and clone/unshare with
+/// CLONE_NEWNS but without CLONE_NEWUSER answer EPERM. See
+/// `rootfs::lock_mounts` for why: a mount namespace created by root of the
+/// host's user namespace would be owned by it, and there the kernel lets
+/// root mount a fresh, unmasked proc or sysfs. Together with CLONE_NEWUSER
+/// the new mount namespace belongs to the new user namespace and stays
+/// confined. systemd in the machine takes EPERM from unshare(CLONE_NEWNS) as
+/// "containerized, no sandboxing" and starts the service without its mount
+/// sandbox (its setup_namespace() maps EPERM to ENOANO for that).
+fn arch_block(arch: u32, nrs: &[u32], x32_guard: bool, ns: Option<NsCalls>) -> Vec<libc::sock_filter> {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let ld = |k| Ins {
+        code: BPF_LD | BPF_W | BPF_ABS,
+        k,
+        jt: Label::Next,
+        jf: Label::Next,
+    };
+    let jeq = |k, to| Ins {
+        code: BPF_JMP | BPF_JEQ | BPF_K,
+        k,
+        jt: to,
+        jf: Label::Next,
+    };
+    let ret = |k| Ins {
+        code: BPF_RET | BPF_K,
+        k,
+        jt: Label::Next,
+        jf: Label::Next,
+    };
+    let mut body = vec![ld(OFFSET_NR)];
     if x32_guard {
-        body.push(jump(BPF_JMP | BPF_JGE | BPF_K, X32_BIT_OR_ZERO, checks - i, 0));
-        i += 1;
+        body.push(Ins {
+            code: BPF_JMP | BPF_JGE | BPF_K,
+            k: X32_BIT_OR_ZERO,
+            jt: Label::Deny,
+            jf: Label::Next,
+        });
     }
-    for &nr in nrs {
-        body.push(jump(BPF_JMP | BPF_JEQ | BPF_K, nr, checks - i, 0));
-        i += 1;
+    // The admin's denials first, so `~unshare` still denies all of it.
+    body.extend(nrs.iter().map(|&nr| jeq(nr, Label::Deny)));
+    if let Some(calls) = ns {
+        body.push(jeq(calls.clone3, Label::NoSys));
+        body.push(jeq(calls.unshare, Label::Flags));
+        body.push(jeq(calls.clone, Label::Flags));
     }
-    body.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
-    body.push(stmt(BPF_RET | BPF_K, RET_EPERM));
+    // Every jump of classic BPF goes forward: the checks fall through to
+    // an allow, then come the flags block and the shared returns.
+    body.push(ret(RET_ALLOW));
+    let mut labels: Vec<(Label, usize)> = Vec::new();
+    if ns.is_some() {
+        // flags (the first argument of both calls, low 32 bits):
+        // CLONE_NEWUSER -> allow; else CLONE_NEWNS -> deny; else allow.
+        labels.push((Label::Flags, body.len()));
+        body.push(ld(OFFSET_ARG0_LOW));
+        body.push(Ins {
+            code: BPF_JMP | BPF_JSET | BPF_K,
+            k: libc::CLONE_NEWUSER as u32,
+            jt: Label::Allow,
+            jf: Label::Next,
+        });
+        body.push(Ins {
+            code: BPF_JMP | BPF_JSET | BPF_K,
+            k: libc::CLONE_NEWNS as u32,
+            jt: Label::Deny,
+            jf: Label::Allow,
+        });
+    }
+    labels.push((Label::Allow, body.len()));
+    body.push(ret(RET_ALLOW));
+    labels.push((Label::Deny, body.len()));
+    body.push(ret(RET_EPERM));
+    if ns.is_some() {
+        labels.push((Label::NoSys, body.len()));
+        body.push(ret(RET_ENOSYS));
+    }
+    let target = |from: usize, to: Label| -> usize {
+        match to {
+            Label::Next => 0,
+            l => {
+                let at = labels.iter().find(|(x, _)| *x == l).expect("label laid out").1;
+                at.checked_sub(from + 1).expect("seccomp jumps go forward")
+            }
+        }
+    };
     let mut block = vec![
         stmt(BPF_LD | BPF_W | BPF_ABS, OFFSET_ARCH),
         jump(BPF_JMP | BPF_JEQ | BPF_K, arch, 0, body.len()),
     ];
-    block.extend(body);
+    block.extend(
+        body.iter()
+            .enumerate()
+            .map(|(i, ins)| jump(ins.code, ins.k, target(i, ins.jt), target(i, ins.jf))),
+    );
     block
 }
 
@@ -270,16 +387,16 @@ pub fn adjustments(words: &[String]) -> (Vec<i64>, Vec<i64>) {
     (allow, deny)
 }
 
-/// The default filter.
+/// The default filter of a machine without a user namespace of its own.
 pub fn program() -> Vec<libc::sock_filter> {
-    program_with(&[], &[])
+    program_with(&[], &[], true)
 }
 
 /// The whole filter, with calls allowed again (`allow`, native numbers; the
 /// i386 twin too) and calls denied in addition (`deny`, native ABI only).
 /// Calls of an ABI not listed here are allowed: the filter cannot judge
-/// numbers it does not know.
-pub fn program_with(allow: &[i64], deny: &[i64]) -> Vec<libc::sock_filter> {
+/// numbers it does not know. `confine_ns`: see `arch_block`.
+pub fn program_with(allow: &[i64], deny: &[i64], confine_ns: bool) -> Vec<libc::sock_filter> {
     let kept = |d: &&Denied| !d.native.is_some_and(|n| allow.contains(&n));
     let mut native: Vec<u32> = DENIED
         .iter()
@@ -288,7 +405,12 @@ pub fn program_with(allow: &[i64], deny: &[i64]) -> Vec<libc::sock_filter> {
         .map(|n| n as u32)
         .collect();
     native.extend(deny.iter().map(|n| *n as u32));
-    let mut prog = arch_block(AUDIT_ARCH_NATIVE, &native, cfg!(target_arch = "x86_64"));
+    let mut prog = arch_block(
+        AUDIT_ARCH_NATIVE,
+        &native,
+        cfg!(target_arch = "x86_64"),
+        confine_ns.then_some(NATIVE_NS_CALLS),
+    );
     #[cfg(target_arch = "x86_64")]
     {
         let i386: Vec<u32> = DENIED
@@ -297,14 +419,19 @@ pub fn program_with(allow: &[i64], deny: &[i64]) -> Vec<libc::sock_filter> {
             .filter_map(|d| d.i386)
             .map(|n| n as u32)
             .collect();
-        prog.extend(arch_block(AUDIT_ARCH_I386, &i386, false));
+        prog.extend(arch_block(
+            AUDIT_ARCH_I386,
+            &i386,
+            false,
+            confine_ns.then_some(I386_NS_CALLS),
+        ));
     }
     prog.push(stmt(libc::BPF_RET | libc::BPF_K, RET_ALLOW));
     prog
 }
 
-pub fn install(allow: &[i64], deny: &[i64]) -> std::io::Result<()> {
-    sys::install_seccomp_filter(&program_with(allow, deny))
+pub fn install(allow: &[i64], deny: &[i64], confine_ns: bool) -> std::io::Result<()> {
+    sys::install_seccomp_filter(&program_with(allow, deny, confine_ns))
 }
 
 #[cfg(test)]
@@ -314,14 +441,26 @@ mod tests {
     /// A tiny BPF interpreter for the subset `program` emits, so the filter's
     /// decisions are checked without installing it.
     fn run(prog: &[libc::sock_filter], arch: u32, nr: u32) -> u32 {
+        run_with(prog, arch, nr, 0)
+    }
+
+    fn run_with(prog: &[libc::sock_filter], arch: u32, nr: u32, arg0: u32) -> u32 {
         let (mut pc, mut acc) = (0usize, 0u32);
         loop {
             let ins = prog[pc];
             let code = ins.code as u32;
             match code {
                 c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
-                    acc = if ins.k == OFFSET_ARCH { arch } else { nr };
+                    acc = match ins.k {
+                        OFFSET_ARCH => arch,
+                        OFFSET_NR => nr,
+                        OFFSET_ARG0_LOW => arg0,
+                        k => panic!("load of offset {k}"),
+                    };
                     pc += 1;
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K => {
+                    pc += 1 + if acc & ins.k != 0 { ins.jt } else { ins.jf } as usize;
                 }
                 c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
                     pc += 1 + if acc == ins.k { ins.jt } else { ins.jf } as usize;
@@ -358,7 +497,7 @@ mod tests {
             (allow.clone(), deny.clone()),
             (vec![libc::SYS_keyctl], vec![libc::SYS_ptrace])
         );
-        let prog = program_with(&allow, &deny);
+        let prog = program_with(&allow, &deny, true);
         assert_eq!(run(&prog, AUDIT_ARCH_NATIVE, libc::SYS_keyctl as u32), RET_ALLOW);
         assert_eq!(run(&prog, AUDIT_ARCH_NATIVE, libc::SYS_ptrace as u32), RET_EPERM);
         assert_eq!(run(&prog, AUDIT_ARCH_NATIVE, libc::SYS_bpf as u32), RET_EPERM);
@@ -373,5 +512,42 @@ mod tests {
         assert_eq!(run(&prog, AUDIT_ARCH_I386, 3), RET_ALLOW); // read
         let x32_read = X32_SYSCALL_BIT;
         assert_eq!(run(&prog, AUDIT_ARCH_NATIVE, x32_read), RET_EPERM);
+        // The namespace rule holds on the i386 ABI too.
+        let newns = libc::CLONE_NEWNS as u32;
+        assert_eq!(run_with(&prog, AUDIT_ARCH_I386, 310, newns), RET_EPERM);
+        assert_eq!(run_with(&prog, AUDIT_ARCH_I386, 120, newns), RET_EPERM);
+        assert_eq!(run_with(&prog, AUDIT_ARCH_I386, 435, 0), RET_ENOSYS);
+    }
+
+    #[test]
+    fn mount_namespaces_only_inside_a_new_user_namespace() {
+        let prog = program();
+        let (newns, newuser) = (libc::CLONE_NEWNS as u32, libc::CLONE_NEWUSER as u32);
+        let unshare = libc::SYS_unshare as u32;
+        let clone = libc::SYS_clone as u32;
+        assert_eq!(run_with(&prog, AUDIT_ARCH_NATIVE, unshare, newns), RET_EPERM);
+        assert_eq!(run_with(&prog, AUDIT_ARCH_NATIVE, clone, newns | 17), RET_EPERM);
+        assert_eq!(run_with(&prog, AUDIT_ARCH_NATIVE, unshare, newns | newuser), RET_ALLOW);
+        assert_eq!(
+            run_with(&prog, AUDIT_ARCH_NATIVE, unshare, libc::CLONE_NEWNET as u32),
+            RET_ALLOW
+        );
+        assert_eq!(run_with(&prog, AUDIT_ARCH_NATIVE, clone, 17), RET_ALLOW); // fork
+        assert_eq!(
+            run_with(&prog, AUDIT_ARCH_NATIVE, libc::SYS_clone3 as u32, 0),
+            RET_ENOSYS
+        );
+        // The rest of the list still holds after the new checks.
+        assert_eq!(
+            run_with(&prog, AUDIT_ARCH_NATIVE, libc::SYS_kexec_load as u32, newns),
+            RET_EPERM
+        );
+        // Inside a user namespace of its own, a machine may do all of it.
+        let free = program_with(&[], &[], false);
+        assert_eq!(run_with(&free, AUDIT_ARCH_NATIVE, unshare, newns), RET_ALLOW);
+        assert_eq!(
+            run_with(&free, AUDIT_ARCH_NATIVE, libc::SYS_clone3 as u32, 0),
+            RET_ALLOW
+        );
     }
 }

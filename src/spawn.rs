@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +17,7 @@ use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, execve, sethostname, set
 use crate::protocol::{self, Channel, ToChild, ToParent};
 use crate::rootfs::{self, io_step, step, SetupError};
 use crate::seccomp;
+pub use crate::spec::{Files, LinkJournal, ResolvConf, Timezone, Volatile};
 use crate::sys::{self, Cloned};
 
 /// What runs as the machine's PID 1.
@@ -54,6 +55,10 @@ pub struct ChildSpec {
     pub user: Option<Credentials>,
     pub link_journal: LinkJournal,
     pub timezone: Timezone,
+    /// The machine has no user namespace of its own: lock its mounts and
+    /// refuse mount namespaces outside a user namespace
+    /// (`rootfs::lock_mounts`).
+    pub confine_mounts: bool,
 }
 
 /// A user of the machine's tree, as its /etc/passwd and /etc/group say.
@@ -66,78 +71,12 @@ pub struct Credentials {
     pub home: String,
 }
 
-/// [Exec] LinkJournal=: the machine's journal kept on the host, where
-/// `journalctl -M NAME` and `journalctl -m` find it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LinkJournal {
-    #[default]
-    No,
-    /// Host, when the host keeps a persistent journal (/var/log/journal).
-    Auto,
-    /// /var/log/journal/MACHINE-ID on the host, bound into the machine.
-    Host,
-    /// Host, but a failure is not fatal.
-    TryHost,
-}
-
-/// [Exec] Timezone=.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Timezone {
-    #[default]
-    Off,
-    /// Bind when the tree's /etc/localtime is a plain file, else leave it.
-    Auto,
-    /// The host's zone file, read-only, over the tree's /etc/localtime.
-    Bind,
-    /// A copy of the host's zone file written to the tree's /etc/localtime.
-    Copy,
-}
-
-/// What the machine sees of the host's file system, beyond its tree.
-#[derive(Debug, Clone, Default)]
-pub struct Files {
-    pub read_only: bool,
-    pub volatile: Volatile,
-    pub binds: Vec<crate::config::value::Bind>,
-    /// (path inside the machine, tmpfs mount options)
-    pub tmpfs: Vec<(String, String)>,
-    pub inaccessible: Vec<String>,
-}
-
-/// [Files] Volatile=: what of the tree the machine may change for good.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Volatile {
-    /// The tree as it is.
-    #[default]
-    No,
-    /// A fresh tmpfs root with only the tree's /usr, read-only.
-    Yes,
-    /// The tree read-only, with a fresh tmpfs on /var.
-    State,
-    /// The whole tree, with every change kept on a tmpfs above it.
-    Overlay,
-}
-
-/// [Exec] ResolvConf=: the machine shares the host's network for now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResolvConf {
-    /// The host's, read-only, over the tree's file when that is a plain file.
-    Auto,
-    Off,
-    /// The host's, read-only, always (created in the tree if missing).
-    BindHost,
-    /// A copy of the host's, written into the tree.
-    CopyHost,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("opening the machine's cgroup {}: {}", path.display(), source.desc())]
     OpenCgroup { path: PathBuf, source: nix::Error },
     #[error("creating the machine's namespaces: {}", crate::util::os_error(.0))]
     Clone(std::io::Error),
-    #[error("moving the machine into its cgroup {}: {}", path.display(), crate::util::os_error(source))]
-    MoveToCgroup { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Protocol(#[from] protocol::ProtocolError),
     #[error("creating the channel to the machine's init: {0}")]
@@ -146,9 +85,64 @@ pub enum SpawnError {
 
 const NAMESPACES: libc::c_int = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
 
-/// Start the machine's PID 1 inside `cgroup`. Returns its pid (on the host)
-/// and the supervisor's end of the channel, after the child was told to go.
-pub fn start(spec: &ChildSpec, cgroup: &Path) -> Result<(Pid, Channel), SpawnError> {
+/// The machine's init, cloned and waiting for `Go`: the window in which the
+/// supervisor's parent steps act on it (cgroup, later registration, links,
+/// ID maps). Dropped without `go`, it kills and reaps the child, so a
+/// failed parent step never leaves a half-started machine.
+pub struct Pending {
+    pid: Pid,
+    pidfd: OwnedFd,
+    chan: Option<Channel>,
+    /// The child was born in its cgroup (clone3 with CLONE_INTO_CGROUP).
+    pub in_cgroup: bool,
+}
+
+impl Pending {
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// What the supervisor's parent steps see of the child.
+    pub fn handle(&self) -> crate::setup::Child<'_> {
+        crate::setup::Child {
+            pid: self.pid,
+            pidfd: self.pidfd.as_fd(),
+            in_cgroup: self.in_cgroup,
+        }
+    }
+
+    /// Let the child go on with its setup, handing it `fds`; returns its
+    /// pid and the supervisor's end of the channel.
+    pub fn go(mut self, fds: Vec<OwnedFd>) -> Result<(Pid, Channel), SpawnError> {
+        let chan = self.chan.take().expect("a pending child has its channel");
+        match chan.send_to_child(ToChild::Go(fds)) {
+            Ok(()) => Ok((self.pid, chan)),
+            Err(e) => Err(e.into()), // dropping self kills the child
+        }
+    }
+
+    fn kill_and_reap(&mut self) {
+        // The child is ours and not reaped, so its pid cannot be reused.
+        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        let _ = waitpid(self.pid, None);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.chan.is_some() {
+            self.kill_and_reap();
+        }
+    }
+}
+
+/// Clone the machine's PID 1 into its namespaces and, when the kernel can,
+/// directly into `cgroup`. The child waits for `Pending::go`.
+pub fn start(spec: &ChildSpec, cgroup: &Path) -> Result<Pending, SpawnError> {
     let (parent, child) = protocol::pair().map_err(SpawnError::Channel)?;
     let cgroup_fd = open(
         cgroup,
@@ -160,8 +154,8 @@ pub fn start(spec: &ChildSpec, cgroup: &Path) -> Result<(Pid, Channel), SpawnErr
         source,
     })?;
     // Preferred: the child is born in its cgroup, and its cgroup namespace is
-    // rooted there (clone3 with CLONE_INTO_CGROUP, Linux 5.7). Otherwise the
-    // parent moves it, and the child unshares its cgroup namespace after.
+    // rooted there (clone3 with CLONE_INTO_CGROUP, Linux 5.7). Otherwise a
+    // parent step moves it, and the child unshares its cgroup namespace after.
     let (cloned, in_cgroup) = match sys::clone_process(NAMESPACES | libc::CLONE_NEWCGROUP, Some(cgroup_fd.as_fd())) {
         Ok(c) => (c, true),
         Err(e)
@@ -177,24 +171,17 @@ pub fn start(spec: &ChildSpec, cgroup: &Path) -> Result<(Pid, Channel), SpawnErr
     match cloned {
         Cloned::Child => {
             drop(parent);
+            drop(cgroup_fd);
             child_main(spec, child, !in_cgroup)
         }
-        Cloned::Parent { child: pid } => {
+        Cloned::Parent { child: pid, pidfd } => {
             drop(child);
-            let pid = Pid::from_raw(pid);
-            if !in_cgroup {
-                let procs = cgroup.join("cgroup.procs");
-                if let Err(e) = std::fs::write(&procs, pid.to_string()) {
-                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                    let _ = waitpid(pid, None);
-                    return Err(SpawnError::MoveToCgroup {
-                        path: cgroup.into(),
-                        source: e,
-                    });
-                }
-            }
-            parent.send_to_child(ToChild::Go)?;
-            Ok((pid, parent))
+            Ok(Pending {
+                pid: Pid::from_raw(pid),
+                pidfd,
+                chan: Some(parent),
+                in_cgroup,
+            })
         }
     }
 }
@@ -219,10 +206,12 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
         here,
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL),
     )?;
-    match chan.recv_go() {
-        Ok(true) => {}
+    // Descriptors the parent steps hand over (none yet: the network and
+    // user-namespace steps will pass theirs here).
+    let _handed = match chan.recv_go() {
+        Ok(Some(fds)) => fds,
         _ => std::process::exit(crate::exit::EXIT_FAILURE),
-    }
+    };
     if unshare_cgroup {
         step(
             "creating the cgroup namespace of",
@@ -233,38 +222,40 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     // Modes of the nodes created below are exactly as written.
     umask(Mode::empty());
 
-    let root = &spec.root;
     // Mounts first, while the host's files (os-release, the console pty)
-    // are still reachable; pivot_root last.
-    rootfs::isolate(root, spec.files.volatile, &spec.machine_id)?;
-    rootfs::mount_api(root, spec.console.as_deref())?;
-    rootfs::populate_run_host(root)?;
+    // are still reachable; pivot_root last. Every path in the tree is
+    // resolved inside it (`InRoot`).
+    let root = rootfs::isolate(&spec.root, spec.files.read_only, spec.files.volatile, &spec.machine_id)?;
+    rootfs::mount_api(&root, spec.console.as_deref())?;
+    let run_host = rootfs::populate_run_host(&root)?;
     if matches!(spec.payload, Payload::Init { .. }) {
-        // Bound before /run/host turns read-only; the supervisor keeps the
-        // only other reference, so the socket lives as long as it needs.
-        let path = root.join(rootfs::NOTIFY_SOCKET.trim_start_matches('/'));
+        // Bound before /run/host turns read-only, through the resolved
+        // directory; the supervisor keeps the only other reference, so the
+        // socket lives as long as it needs.
+        let path = crate::inroot::fd_path(run_host.as_fd()).join("notify");
         let sock = io_step("binding the notify socket", &path, crate::notify::bind(&path))?;
         chan.send_to_parent(ToParent::NotifySocket(OwnedFd::from(sock)))
             .map_err(|_| SetupError {
                 what: "passing the notify socket",
                 path,
-                errno: nix::errno::Errno::EPIPE,
+                why: nix::errno::Errno::EPIPE.desc().into(),
             })?;
     }
+    drop(run_host);
     // The admin's mounts go over the API file systems' and before the masks,
     // so /run/host/inaccessible exists for Inaccessible=.
-    rootfs::mount_files(root, &spec.files)?;
-    rootfs::restrict(root)?;
+    rootfs::mount_files(&root, &spec.files)?;
+    rootfs::restrict(&root)?;
     // The machine shares the host's network (private networks come later),
     // so it uses the host's resolver configuration.
-    rootfs::resolv_conf(root, spec.resolv_conf)?;
-    rootfs::timezone(root, spec.timezone)?;
-    rootfs::link_journal(root, spec.link_journal, &spec.machine_id)?;
-    // Read-only last: everything above may create mount points in the tree.
-    if spec.files.read_only {
-        rootfs::make_read_only(root)?;
+    rootfs::resolv_conf(&root, spec.resolv_conf)?;
+    rootfs::timezone(&root, spec.timezone)?;
+    rootfs::link_journal(&root, spec.link_journal, &spec.machine_id)?;
+    rootfs::enter(&root)?;
+    drop(root);
+    if spec.confine_mounts {
+        rootfs::lock_mounts()?;
     }
-    rootfs::enter(root)?;
     if let Some(dir) = &spec.working_directory {
         step("changing directory to", dir, nix::unistd::chdir(dir.as_path()))?;
     }
@@ -303,12 +294,12 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     crate::caps::drop_bounding(&spec.kept_caps).map_err(|_| SetupError {
         what: "dropping capabilities in",
         path: here.into(),
-        errno: nix::errno::Errno::EPERM,
+        why: nix::errno::Errno::EPERM.desc().into(),
     })?;
     io_step(
         "installing the seccomp filter in",
         here,
-        seccomp::install(&spec.seccomp_allow, &spec.seccomp_deny),
+        seccomp::install(&spec.seccomp_allow, &spec.seccomp_deny, spec.confine_mounts),
     )?;
 
     match &spec.payload {
@@ -325,7 +316,7 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
             Err(SetupError {
                 what: "executing",
                 path: path.clone(),
-                errno: err,
+                why: err.desc().into(),
             })
         }
         Payload::Command { argv } => stub_init(argv, &spec.env, spec.user.as_ref(), chan),
@@ -401,11 +392,15 @@ fn stub_init(
             return Err(SetupError {
                 what: "starting",
                 path,
-                errno: e,
+                why: e.desc().into(),
             })
         }
     };
     let _ = chan.send_to_parent(ToParent::Started);
+    // Nothing of the host stays open in the machine's PID 1: not the
+    // channel, the cgroup, the lock or a terminal berth held. (The process
+    // only ever exits from here on, so no descriptor is closed twice.)
+    let _ = sys::close_from(3);
     loop {
         let Ok(sig) = set.wait() else { continue };
         if sig != Signal::SIGCHLD {

@@ -20,6 +20,7 @@ use crate::exit::{ExitReason, Next};
 use crate::name::MachineName;
 use crate::notify;
 use crate::protocol::{Channel, ToParent};
+use crate::setup::{MoveToCgroup, ParentSetup};
 use crate::spawn::{self, ChildSpec};
 
 /// A machine ready to be started: checked input, nothing created yet.
@@ -82,12 +83,14 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
 
     loop {
         let cg = cgroup::prepare(&cg_mount, &own_cgroup, plan.keep_unit, &plan.name)?;
-        let started = spawn::start(&child, &cg.payload);
-        let outcome = match started {
-            Ok((leader, chan)) => Boot::new(plan, leader, chan, &sfd, pty.as_ref()).run(),
-            Err(e) => Err(anyhow::Error::from(e)),
-        };
-        // The machine is gone (or never came): its cgroup goes too.
+        // The parent steps, in order, between clone and Go.
+        let mut setup = ParentSetup::new(vec![Box::new(MoveToCgroup {
+            cgroup: cg.payload.clone(),
+        })]);
+        let outcome = boot_once(plan, &child, &cg.payload, &mut setup, &sfd, pty.as_ref());
+        // The machine is gone (or never came): what the steps set up is
+        // undone, last first, and its cgroup goes too.
+        setup.undo_all();
         let removed = cg.remove();
         let outcome = outcome?;
         removed?;
@@ -99,6 +102,24 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
             }
         }
     }
+}
+
+/// Clone the init, run the parent steps, let it go, and supervise it until
+/// it ends. A failed step kills the pending child (`Pending` on drop).
+fn boot_once(
+    plan: &Plan,
+    child: &ChildSpec,
+    cgroup: &Path,
+    setup: &mut ParentSetup,
+    sfd: &SignalFd,
+    pty: Option<&Pty>,
+) -> anyhow::Result<Outcome> {
+    let pending = spawn::start(child, cgroup)?;
+    let fds = setup
+        .run(pending.handle())
+        .map_err(|e| anyhow::anyhow!("machine \"{}\": {e}", plan.name))?;
+    let (leader, chan) = pending.go(fds)?;
+    Boot::new(plan, leader, chan, sfd, pty).run()
 }
 
 struct Outcome {

@@ -3,11 +3,14 @@
 //! safe to call; the reasons are in the `// SAFETY:` comments.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 
 /// What `clone_process` returned in the calling process.
 pub enum Cloned {
-    Parent { child: libc::pid_t },
+    Parent {
+        child: libc::pid_t,
+        pidfd: std::os::fd::OwnedFd,
+    },
     Child,
 }
 
@@ -34,13 +37,27 @@ struct CloneArgs {
 /// Fork-like `clone3(2)`: the child runs on a copy of the caller's stack, as
 /// after fork(2), but in the new namespaces given by `flags` and, when
 /// `cgroup` is given, directly inside that cgroup2 directory (so a new cgroup
-/// namespace is rooted there).
+/// namespace is rooted there). The parent also gets a pidfd of the child.
 ///
-/// The caller must be single-threaded (berth never starts a thread), so the
-/// child's copy of the address space is consistent.
+/// # Threads
+/// Cloning a process that has more than one thread is unsound here: the
+/// child gets a copy of the whole address space but only the calling
+/// thread, so a lock held by another thread (the allocator's, stdio's) stays
+/// locked forever in the child, and `unshare(CLONE_NEWUSER)` and `setns`
+/// into a mount namespace refuse multi-threaded callers anyway. berth's
+/// choice: it stays single-threaded (the asynchronous D-Bus and netlink
+/// work that comes later runs on a current-thread runtime, on this thread),
+/// and every clone first checks that the process has exactly one thread,
+/// failing with a clear error otherwise (`ensure_single_threaded`). A
+/// re-exec of berth for the child, as runc does, would cost an execve and a
+/// second start-up on every boot; the check costs one read of
+/// /proc/self/stat.
 pub fn clone_process(flags: libc::c_int, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Cloned> {
+    ensure_single_threaded()?;
+    let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
-        flags: flags as u32 as u64,
+        flags: flags as u32 as u64 | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
@@ -50,8 +67,9 @@ pub fn clone_process(flags: libc::c_int, cgroup: Option<BorrowedFd<'_>>) -> io::
     }
     // SAFETY: clone3 with stack == 0 behaves like fork(2): the child continues
     // on a copy of this stack. `args` is a valid, fully initialised clone_args
-    // of the size passed. The process is single-threaded (see above), so no
-    // lock can be held by a thread that does not exist in the child.
+    // of the size passed, and `pidfd` outlives the call. The process is
+    // single-threaded (checked above), so no lock can be held by a thread
+    // that does not exist in the child.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -64,8 +82,82 @@ pub fn clone_process(flags: libc::c_int, cgroup: Option<BorrowedFd<'_>>) -> io::
         0 => Ok(Cloned::Child),
         pid => Ok(Cloned::Parent {
             child: pid as libc::pid_t,
+            // SAFETY: with CLONE_PIDFD the kernel stored a new descriptor in
+            // `pidfd` that nothing else owns.
+            pidfd: unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd) },
         }),
     }
+}
+
+/// The number of threads of this process, from /proc/self/stat (field 20).
+pub fn thread_count() -> io::Result<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) may hold spaces and parentheses: count
+    // fields after its closing parenthesis.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("unreadable /proc/self/stat"))?;
+    after
+        .split_whitespace()
+        .nth(17)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| io::Error::other("unreadable /proc/self/stat"))
+}
+
+/// Fail unless the process has exactly one thread (see `clone_process`).
+pub fn ensure_single_threaded() -> io::Result<()> {
+    match thread_count()? {
+        1 => Ok(()),
+        n => Err(io::Error::other(format!(
+            "berth has {n} threads and cannot safely create a process (a bug: berth must stay single-threaded while it starts machines)"
+        ))),
+    }
+}
+
+/// `struct mount_attr` of linux/mount.h.
+#[repr(C)]
+#[derive(Default)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// `mount_setattr(2)` on the mount `fd` refers to and, with `recursive`,
+/// every mount below it: sets the `set` attributes (MOUNT_ATTR_*) and
+/// clears none, so flags a mount already had are kept.
+pub fn mount_setattr(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        ..Default::default()
+    };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: the path is an empty NUL-terminated string, `attr` is a fully
+    // initialised mount_attr of the size passed; both outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Send any signal number, including real-time ones (`nix::sys::signal::Signal`
@@ -157,7 +249,6 @@ pub fn cloexec_from(first: RawFd) -> io::Result<()> {
 /// Take ownership of a descriptor the kernel just passed to this process by
 /// SCM_RIGHTS.
 pub fn own_received_fd(fd: RawFd) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
     // SAFETY: the kernel installed `fd` in this process for this message
     // alone; nothing else in the process knows or owns it.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
@@ -165,9 +256,24 @@ pub fn own_received_fd(fd: RawFd) -> std::os::fd::OwnedFd {
 
 /// fork(2) for berth's single-threaded processes (the stub init).
 pub fn fork_single_threaded() -> nix::Result<nix::unistd::ForkResult> {
-    // SAFETY: berth never starts threads, so the child's copy of the process
-    // holds no lock owned by a thread that does not exist there.
+    ensure_single_threaded().map_err(|_| nix::errno::Errno::EAGAIN)?;
+    // SAFETY: the process has one thread (checked above), so the child's
+    // copy of the process holds no lock owned by a thread that does not
+    // exist there.
     unsafe { nix::unistd::fork() }
+}
+
+/// Close every descriptor from `first` on (the stub init, before it runs
+/// the command: nothing of the host may stay open in the machine).
+pub fn close_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers. The caller owns no
+    // descriptor at or above `first` that it will use again (the stub init
+    // calls this when it holds only stdin, stdout and stderr).
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Give SIGPIPE its default action back (Rust starts programs with it
@@ -177,4 +283,156 @@ pub fn default_sigpipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+/// A path or name as the NUL-terminated string a system call takes.
+fn c_string(bytes: &[u8]) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// `setxattr(2)`: set the extended attribute `name` (e.g.
+/// `trusted.berth.machine`) of `path` to `value`, creating or replacing it.
+/// Written here rather than with the `xattr` crate: berth needs two calls
+/// on directories, and this module already holds every other system call.
+pub fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = c_string(path.as_os_str().as_bytes())?;
+    let c_name = c_string(name.as_bytes())?;
+    // SAFETY: `c_path` and `c_name` are NUL-terminated strings and `value` is
+    // a buffer of the length passed; all outlive the call, and the kernel
+    // only reads them.
+    let ret = unsafe { libc::setxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `getxattr(2)`: the value of the extended attribute `name` of `path`, or
+/// `None` when `path` exists but has no such attribute (ENODATA).
+pub fn get_xattr(path: &std::path::Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    /// XATTR_SIZE_MAX of linux/limits.h: no value is longer.
+    const MAX: usize = 65536;
+    let c_path = c_string(path.as_os_str().as_bytes())?;
+    let c_name = c_string(name.as_bytes())?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: the strings are NUL-terminated, and the kernel writes at
+        // most `buf.len()` bytes to `buf`, which outlives the call.
+        let ret = unsafe { libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if ret >= 0 {
+            buf.truncate(ret as usize);
+            return Ok(Some(buf));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENODATA) => return Ok(None),
+            // The value grew since the buffer was sized: try a larger one.
+            Some(libc::ERANGE) if buf.len() < MAX => buf.resize(buf.len() * 4, 0),
+            _ => return Err(e),
+        }
+    }
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+
+fn owned_fd_or_error(ret: libc::c_long) -> io::Result<std::os::fd::OwnedFd> {
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the call returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// `open_tree(OPEN_TREE_CLONE)`: a detached copy of the mount at `fd` (with
+/// every mount below it when `recursive`), to change with `mount_setattr`
+/// and attach with `move_mount_onto`.
+pub fn clone_mount(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<std::os::fd::OwnedFd> {
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: the path is an empty NUL-terminated string that outlives the
+    // call; the other arguments are integers.
+    let ret = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    owned_fd_or_error(ret)
+}
+
+/// `move_mount(2)`: attach the mount `from` (detached, or attached
+/// elsewhere) on exactly the inode `onto` refers to.
+pub fn move_mount_onto(from: BorrowedFd<'_>, onto: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both paths are empty NUL-terminated strings that outlive the
+    // call; the descriptors are borrowed for its duration.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            c"".as_ptr(),
+            onto.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A new, detached mount of a file system with string options
+/// (`fsopen`, `fsconfig`, `fsmount`); its descriptor is the mount's root.
+pub fn new_fs_mount(fstype: &str, options: &[(&str, &str)]) -> io::Result<std::os::fd::OwnedFd> {
+    use std::ffi::CString;
+    let c = |s: &str| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let name = c(fstype)?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call.
+    let fs = owned_fd_or_error(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })?;
+    for (key, value) in options {
+        let (k, v) = (c(key)?, c(value)?);
+        // SAFETY: `k` and `v` are NUL-terminated strings that outlive the
+        // call; `fs` is a file system context descriptor.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                k.as_ptr(),
+                v.as_ptr(),
+                0,
+            )
+        };
+        if ret == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: CMD_CREATE takes no key and no value (NULL pointers).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        )
+    };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fsmount takes the context descriptor and two integer flags.
+    owned_fd_or_error(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })
+}
+
+/// _exit(2): end a process made by `clone_process` without running any of
+/// the parent's atexit handlers or destructors (async-signal-safe).
+pub fn exit_now(code: libc::c_int) -> ! {
+    // SAFETY: _exit takes an integer and does not return.
+    unsafe { libc::_exit(code) }
 }

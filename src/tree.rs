@@ -1,16 +1,14 @@
 //! The machine's OS tree: where it is, whether it is one, which init it has,
-//! and its identity. Paths inside the tree are resolved with
-//! openat2(RESOLVE_IN_ROOT), so the tree's absolute symlinks (/sbin/init ->
-//! /lib/systemd/systemd) are followed inside the tree, never on the host.
+//! and its identity. The tree is opened once; paths inside it are resolved
+//! inside it ([`InRoot`]), so the tree's absolute symlinks (/sbin/init ->
+//! /lib/systemd/systemd) are followed inside the tree, never on the host,
+//! and the files berth reads from it are bounded regular files.
 
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use sha2::{Digest, Sha256};
+
+use crate::inroot::{InRoot, PathError, MAX_READ};
 
 use crate::name::MachineName;
 use crate::spawn::Credentials;
@@ -56,15 +54,26 @@ pub enum TreeError {
     Unnamed { path: PathBuf },
     #[error("machine \"{name}\": no user \"{user}\" in the tree's /etc/passwd")]
     NoUser { name: MachineName, user: String },
+    #[error("machine \"{name}\": {source}")]
+    BadFile {
+        name: MachineName,
+        #[source]
+        source: PathError,
+    },
 }
 
 /// A machine tree that passed the checks.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Tree {
     pub name: MachineName,
     /// The tree on the host, absolute.
     pub root: PathBuf,
+    /// The tree, opened once; every read resolves inside it.
+    dir: InRoot,
 }
+
+/// The most berth reads of /etc/machine-id (33 bytes when valid).
+const MAX_MACHINE_ID: u64 = 4096;
 
 /// Resolve the NAME / --directory pair of the command line.
 pub fn resolve_name(name: Option<&str>, directory: Option<&Path>) -> anyhow::Result<(MachineName, PathBuf)> {
@@ -108,36 +117,44 @@ impl Tree {
             Ok(m) if !m.is_dir() => return Err(TreeError::NotADirectory { name, path: root }),
             Ok(_) => {}
         }
-        let tree = Tree { name, root };
-        if !OS_RELEASE.iter().any(|p| tree.open_inside(p).is_ok()) {
-            return Err(TreeError::NoOsRelease {
+        let dir = match InRoot::open(&root) {
+            Ok(d) => d,
+            Err(source) => return Err(TreeError::BadFile { name, source }),
+        };
+        let tree = Tree { name, root, dir };
+        // The first os-release that exists must be a sane file.
+        match OS_RELEASE.iter().find(|p| tree.dir.exists(p)) {
+            None => Err(TreeError::NoOsRelease {
                 name: tree.name,
                 path: tree.root,
-            });
+            }),
+            Some(p) => {
+                tree.read(p, MAX_READ)?;
+                Ok(tree)
+            }
         }
-        Ok(tree)
     }
 
-    /// Open a path of the tree as the machine will see it (O_PATH is not
-    /// used: callers read the file).
-    pub fn open_inside(&self, path: &str) -> std::io::Result<File> {
-        let dir = File::open(&self.root)?;
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT);
-        let fd: OwnedFd = openat2(&dir, path, how)?;
-        Ok(File::from(fd))
+    /// Read a small regular file of the tree (links followed inside it).
+    pub fn read(&self, path: &str, max: u64) -> Result<Vec<u8>, TreeError> {
+        self.dir.read_small(path, max).map_err(|source| TreeError::BadFile {
+            name: self.name.clone(),
+            source,
+        })
+    }
+
+    /// Like `read`, but a missing file reads as empty.
+    fn read_or_empty(&self, path: &str) -> Result<String, TreeError> {
+        if !self.dir.exists(path) {
+            return Ok(String::new());
+        }
+        Ok(String::from_utf8_lossy(&self.read(path, MAX_READ)?).into_owned())
     }
 
     /// The init to run: `wanted` if given, else the first candidate found.
     /// The path returned is the one inside the machine.
     pub fn find_init(&self, wanted: Option<&Path>) -> Result<PathBuf, TreeError> {
-        let is_exec = |p: &str| {
-            self.open_inside(p)
-                .and_then(|f| f.metadata())
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        };
+        let is_exec = |p: &str| self.dir.is_executable_file(p);
         if let Some(w) = wanted {
             let s = w.to_string_lossy();
             if w.is_absolute() && is_exec(&s) {
@@ -162,14 +179,7 @@ impl Tree {
     /// A user of the tree, from its own /etc/passwd and /etc/group. A number
     /// that is not listed is taken as uid and gid, with / as home.
     pub fn lookup_user(&self, user: &str) -> Result<Credentials, TreeError> {
-        let read = |p: &str| {
-            let mut s = String::new();
-            self.open_inside(p)
-                .and_then(|mut f| f.read_to_string(&mut s))
-                .map(|_| s)
-                .unwrap_or_default()
-        };
-        let passwd = read("/etc/passwd");
+        let passwd = self.read_or_empty("/etc/passwd")?;
         let entry = passwd
             .lines()
             .map(|l| l.split(':').collect::<Vec<_>>())
@@ -195,7 +205,11 @@ impl Tree {
             },
         };
         let mut groups = vec![gid];
-        for f in read("/etc/group").lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+        for f in self
+            .read_or_empty("/etc/group")?
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+        {
             if f.len() >= 4 && f[3].split(',').any(|m| m == name) {
                 if let Ok(g) = f[2].parse() {
                     if !groups.contains(&g) {
@@ -213,24 +227,24 @@ impl Tree {
         })
     }
 
-    /// The tree's /etc/machine-id, when it holds a valid id.
-    pub fn machine_id(&self) -> Option<[u8; 16]> {
-        let mut text = String::new();
-        self.open_inside("/etc/machine-id")
-            .ok()?
-            .read_to_string(&mut text)
-            .ok()?;
-        parse_machine_id(text.trim())
+    /// The tree's /etc/machine-id, when it holds a valid id. A missing or
+    /// empty one is None; a FIFO, a device or a huge file there is an error.
+    pub fn machine_id(&self) -> Result<Option<[u8; 16]>, TreeError> {
+        if !self.dir.exists("/etc/machine-id") {
+            return Ok(None);
+        }
+        let text = self.read("/etc/machine-id", MAX_MACHINE_ID)?;
+        Ok(parse_machine_id(String::from_utf8_lossy(&text).trim()))
     }
 
     /// The machine's `container_uuid`: its own machine-id when it has one,
     /// else an id derived from the host's machine-id and the machine name,
     /// so it stays the same from boot to boot.
-    pub fn container_uuid(&self, host_machine_id: Option<&str>) -> String {
+    pub fn container_uuid(&self, host_machine_id: Option<&str>) -> Result<String, TreeError> {
         let id = self
-            .machine_id()
+            .machine_id()?
             .unwrap_or_else(|| derived_id(host_machine_id, self.name.as_str()));
-        format_uuid(&id)
+        Ok(format_uuid(&id))
     }
 }
 
@@ -282,7 +296,7 @@ pub fn format_uuid(id: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
     fn name(n: &str) -> MachineName {
         MachineName::parse(n).unwrap()
@@ -359,7 +373,39 @@ mod tests {
         let t = fake_tree();
         std::fs::write(t.path().join("etc/machine-id"), "3d1219c7c4c5404aaa1f6d2a48adfda4\n").unwrap();
         let tree = Tree::open(name("x"), t.path().into()).unwrap();
-        assert_eq!(tree.container_uuid(None), "3d1219c7-c4c5-404a-aa1f-6d2a48adfda4");
+        assert_eq!(
+            tree.container_uuid(None).unwrap(),
+            "3d1219c7-c4c5-404a-aa1f-6d2a48adfda4"
+        );
+        // A FIFO in its place is an error, not a hang.
+        std::fs::remove_file(t.path().join("etc/machine-id")).unwrap();
+        nix::unistd::mkfifo(
+            &t.path().join("etc/machine-id"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        assert_eq!(
+            tree.container_uuid(None).unwrap_err().to_string(),
+            format!(
+                "machine \"x\": reading {}/etc/machine-id: is a FIFO, not a regular file",
+                t.path().display()
+            )
+        );
+    }
+
+    #[test]
+    fn os_release_must_be_a_small_regular_file() {
+        let t = fake_tree();
+        std::fs::remove_file(t.path().join("etc/os-release")).unwrap();
+        std::os::unix::net::UnixListener::bind(t.path().join("etc/os-release")).unwrap();
+        let e = Tree::open(name("x"), t.path().into()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "machine \"x\": reading {}/etc/os-release: is a socket, not a regular file",
+                t.path().display()
+            )
+        );
     }
 
     #[test]

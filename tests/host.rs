@@ -430,7 +430,7 @@ fn failure_half_way_leaves_nothing_behind() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr_of(&out).lines().last().unwrap(),
-        format!("berth: machine \"t-halfway\": setting up: creating directory {r}/dev: File exists")
+        format!("berth: machine \"t-halfway\": setting up: creating directory {r}/dev: is not a directory")
     );
     assert!(
         host_mounts_under(&root).is_empty(),
@@ -859,8 +859,10 @@ fn exec_user_and_system_call_filter() {
 #[test]
 fn timezone_and_journal_on_the_host() {
     let host_zone = std::fs::read("/etc/localtime").ok();
-    // Volatile=overlay keeps these modes from changing the cached tree.
-    for mode in ["bind", "copy"] {
+    // What the machine sees at /etc/localtime: its digest, then the link's
+    // target or "plain". Volatile=overlay keeps every mode from changing
+    // the cached tree.
+    let zone_in_machine = |mode: &str| {
         let out = run_berth(&[
             "boot",
             "t-tz",
@@ -870,21 +872,36 @@ fn timezone_and_journal_on_the_host() {
             "--boot=no",
             "--volatile=overlay",
             &format!("--timezone={mode}"),
-            "--parameters=md5sum /etc/localtime",
+            "--parameters=sh -c 'md5sum /etc/localtime && { readlink /etc/localtime || echo plain; }'",
         ]);
-        assert!(out.status.success(), "{}", stderr_of(&out));
-        if let Some(zone) = &host_zone {
-            let digest = std::process::Command::new("md5sum")
-                .arg("/etc/localtime")
-                .output()
-                .unwrap();
-            let host_sum = stdout_of(&digest).split_whitespace().next().unwrap().to_string();
-            assert!(!zone.is_empty());
-            assert!(
-                stdout_of(&out).starts_with(&host_sum),
-                "Timezone={mode}: {} vs {host_sum}",
-                stdout_of(&out)
-            );
+        assert!(out.status.success(), "Timezone={mode}: {}", stderr_of(&out));
+        stdout_of(&out)
+    };
+    // Timezone=off: the tree's own zone, whatever the host has.
+    let own = zone_in_machine("off");
+    assert!(
+        own.split_whitespace()
+            .next()
+            .is_some_and(|d| d.len() == 32 && d.chars().all(|c| c.is_ascii_hexdigit())),
+        "no digest of the tree's /etc/localtime: {own}"
+    );
+    for mode in ["bind", "copy"] {
+        let got = zone_in_machine(mode);
+        match &host_zone {
+            Some(zone) => {
+                let digest = std::process::Command::new("md5sum")
+                    .arg("/etc/localtime")
+                    .output()
+                    .unwrap();
+                let host_sum = stdout_of(&digest).split_whitespace().next().unwrap().to_string();
+                assert!(!zone.is_empty());
+                assert!(got.starts_with(&host_sum), "Timezone={mode}: {got} vs {host_sum}");
+                // The host's zone, as a plain file (bound over, or copied).
+                assert_eq!(got.lines().nth(1), Some("plain"), "Timezone={mode}: {got}");
+            }
+            // No zone on the host: berth leaves the tree's /etc/localtime
+            // as it is (same content, and a link stays that link).
+            None => assert_eq!(got, own, "Timezone={mode} without a host zone changed the tree's"),
         }
     }
 

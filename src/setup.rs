@@ -1,0 +1,194 @@
+//! The supervisor's setup phase: ordered steps that act on the machine's
+//! init between its clone and `Go` (the cgroup move today; machined
+//! registration, veth pairs and ID maps as they come), each with its undo.
+//!
+//! On a failure the steps already done are undone in reverse order, and the
+//! pending child is killed and reaped (`spawn::Pending`). On the machine's
+//! exit the supervisor calls `undo_all` explicitly: release builds abort on
+//! panic, so `Drop` is a backstop for early returns, never the plan.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::unistd::Pid;
+
+/// What a step sees of the pending child (`spawn::Pending::handle`).
+#[derive(Clone, Copy)]
+pub struct Child<'a> {
+    pub pid: Pid,
+    pub pidfd: BorrowedFd<'a>,
+    /// Born in its cgroup (clone3 with CLONE_INTO_CGROUP).
+    pub in_cgroup: bool,
+}
+
+/// One step of the setup phase.
+pub trait ParentStep {
+    /// What the step does, for errors ("moving the machine into its cgroup").
+    fn name(&self) -> String;
+    /// Act on the pending child. Descriptors returned are handed to the
+    /// child with `Go`.
+    fn run(&mut self, child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>>;
+    /// Undo what `run` did (best effort: it runs on failure paths and on
+    /// exit, and must not fail the exit).
+    fn undo(&mut self) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {cause:#}")]
+pub struct StepError {
+    pub step: String,
+    #[source]
+    pub cause: anyhow::Error,
+}
+
+/// The steps of one boot, in order, and how many are done.
+pub struct ParentSetup {
+    steps: Vec<Box<dyn ParentStep>>,
+    done: usize,
+}
+
+impl ParentSetup {
+    pub fn new(steps: Vec<Box<dyn ParentStep>>) -> Self {
+        ParentSetup { steps, done: 0 }
+    }
+
+    /// Run every step in order; on a failure, undo those done (in reverse)
+    /// and return the failing step's error. Returns the descriptors for `Go`.
+    pub fn run(&mut self, child: Child<'_>) -> Result<Vec<OwnedFd>, StepError> {
+        let mut fds = Vec::new();
+        while self.done < self.steps.len() {
+            let step = &mut self.steps[self.done];
+            match step.run(child) {
+                Ok(more) => {
+                    fds.extend(more);
+                    self.done += 1;
+                }
+                Err(cause) => {
+                    let step = step.name();
+                    self.undo_all();
+                    return Err(StepError { step, cause });
+                }
+            }
+        }
+        Ok(fds)
+    }
+
+    /// Undo every step done, last first. Safe to call more than once.
+    pub fn undo_all(&mut self) {
+        while self.done > 0 {
+            self.done -= 1;
+            self.steps[self.done].undo();
+        }
+    }
+}
+
+impl Drop for ParentSetup {
+    fn drop(&mut self) {
+        self.undo_all();
+    }
+}
+
+/// Move the child into the machine's cgroup, when clone3 could not place
+/// it there at birth (kernels before 5.7). Nothing to undo: the cgroup goes
+/// with the machine.
+pub struct MoveToCgroup {
+    pub cgroup: PathBuf,
+}
+
+impl ParentStep for MoveToCgroup {
+    fn name(&self) -> String {
+        format!("moving the machine into its cgroup {}", self.cgroup.display())
+    }
+
+    fn run(&mut self, child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>> {
+        if !child.in_cgroup {
+            std::fs::write(self.cgroup.join("cgroup.procs"), child.pid.to_string())?;
+        }
+        Ok(vec![])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::os::fd::AsFd;
+    use std::rc::Rc;
+
+    struct Recorder {
+        name: &'static str,
+        fail: bool,
+        log: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl ParentStep for Recorder {
+        fn name(&self) -> String {
+            self.name.to_string()
+        }
+        fn run(&mut self, child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>> {
+            self.log
+                .borrow_mut()
+                .push(format!("run {} on {}", self.name, child.pid));
+            if self.fail {
+                anyhow::bail!("no such bridge");
+            }
+            let (r, _w) = nix::unistd::pipe()?;
+            Ok(vec![r])
+        }
+        fn undo(&mut self) {
+            self.log.borrow_mut().push(format!("undo {}", self.name));
+        }
+    }
+
+    fn steps(log: &Rc<RefCell<Vec<String>>>, plan: &[(&'static str, bool)]) -> ParentSetup {
+        ParentSetup::new(
+            plan.iter()
+                .map(|(name, fail)| -> Box<dyn ParentStep> {
+                    Box::new(Recorder {
+                        name,
+                        fail: *fail,
+                        log: log.clone(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn steps_run_in_order_and_failure_undoes_in_reverse() {
+        let (fake_pidfd, _w) = nix::unistd::pipe().unwrap();
+        let child = Child {
+            pid: Pid::from_raw(4242),
+            pidfd: fake_pidfd.as_fd(),
+            in_cgroup: true,
+        };
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut setup = steps(&log, &[("cgroup", false), ("veth", false), ("bridge", true)]);
+        let e = setup.run(child).unwrap_err();
+        assert_eq!(e.to_string(), "bridge: no such bridge");
+        assert_eq!(
+            *log.borrow(),
+            [
+                "run cgroup on 4242",
+                "run veth on 4242",
+                "run bridge on 4242",
+                "undo veth",
+                "undo cgroup"
+            ]
+        );
+        // Success hands every step's descriptors on; exit undoes all once.
+        log.borrow_mut().clear();
+        let mut setup = steps(&log, &[("a", false), ("b", false)]);
+        assert_eq!(setup.run(child).unwrap().len(), 2);
+        setup.undo_all();
+        setup.undo_all();
+        drop(setup);
+        assert_eq!(*log.borrow(), ["run a on 4242", "run b on 4242", "undo b", "undo a"]);
+        // Dropped without an explicit undo (an early return): undone too.
+        log.borrow_mut().clear();
+        let mut setup = steps(&log, &[("a", false)]);
+        setup.run(child).unwrap();
+        drop(setup);
+        assert_eq!(*log.borrow(), ["run a on 4242", "undo a"]);
+    }
+}
