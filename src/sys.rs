@@ -436,3 +436,30 @@ pub fn exit_now(code: libc::c_int) -> ! {
     // SAFETY: _exit takes an integer and does not return.
     unsafe { libc::_exit(code) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloning_refuses_a_multi_threaded_process() {
+        // The test harness runs tests on threads of their own; one more
+        // thread makes sure of at least two.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        assert!(thread_count().unwrap() >= 2);
+        let e = ensure_single_threaded().unwrap_err().to_string();
+        assert!(e.starts_with("berth has "), "{e}");
+        assert!(
+            e.ends_with("threads and cannot safely create a process (a bug: berth must stay single-threaded while it starts machines)"),
+            "{e}"
+        );
+        match clone_process(0, None) {
+            Err(e) => assert!(e.to_string().starts_with("berth has "), "{e}"),
+            Ok(Cloned::Child) => exit_now(0),
+            Ok(Cloned::Parent { .. }) => panic!("cloned a multi-threaded process"),
+        }
+        drop(tx);
+        let _ = t.join();
+    }
+}

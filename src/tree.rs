@@ -54,12 +54,10 @@ pub enum TreeError {
     Unnamed { path: PathBuf },
     #[error("machine \"{name}\": no user \"{user}\" in the tree's /etc/passwd")]
     NoUser { name: MachineName, user: String },
-    #[error("machine \"{name}\": {source}")]
-    BadFile {
-        name: MachineName,
-        #[source]
-        source: PathError,
-    },
+    // The path error is part of this one line, not a separate cause
+    // (main prints causes after a colon).
+    #[error("machine \"{name}\": {error}")]
+    BadFile { name: MachineName, error: PathError },
 }
 
 /// A machine tree that passed the checks.
@@ -119,7 +117,7 @@ impl Tree {
         }
         let dir = match InRoot::open(&root) {
             Ok(d) => d,
-            Err(source) => return Err(TreeError::BadFile { name, source }),
+            Err(error) => return Err(TreeError::BadFile { name, error }),
         };
         let tree = Tree { name, root, dir };
         // The first os-release that exists must be a sane file.
@@ -137,9 +135,9 @@ impl Tree {
 
     /// Read a small regular file of the tree (links followed inside it).
     pub fn read(&self, path: &str, max: u64) -> Result<Vec<u8>, TreeError> {
-        self.dir.read_small(path, max).map_err(|source| TreeError::BadFile {
+        self.dir.read_small(path, max).map_err(|error| TreeError::BadFile {
             name: self.name.clone(),
-            source,
+            error,
         })
     }
 
