@@ -184,7 +184,10 @@ fn remove_if_berths(path: &Path, name: &MachineName) -> Result<(), CgroupError> 
         r => r.map_err(io_err(path, "reading berth's mark"))?,
     };
     if !is_berths(found.as_deref(), name) {
-        return Err(CgroupError::Foreign {
+        // Not marked as berth's: removed only when rmdir can, i.e. it holds
+        // no process and no child cgroup (a berth killed between mkdir and
+        // marking, or an older berth's). rmdir kills nothing.
+        return fs::remove_dir(path).map_err(|_| CgroupError::Foreign {
             path: path.into(),
             name: name.clone(),
         });
@@ -415,13 +418,32 @@ mod tests {
             return;
         }
         let scope = t.path().join("machine.slice/machine-web.scope");
-        fs::create_dir(&scope).unwrap();
+        fs::create_dir_all(scope.join("init.scope")).unwrap();
         crate::sys::set_xattr(&scope, MARK, b"db").unwrap();
         assert!(matches!(
             prepare(t.path(), "/", false, &name("web")),
             Err(CgroupError::Foreign { .. })
         ));
-        assert!(scope.is_dir());
+        assert!(scope.join("init.scope").is_dir());
+    }
+
+    #[test]
+    fn an_empty_unmarked_scope_is_removed_without_killing() {
+        // What a berth killed between mkdir and marking leaves: nothing in
+        // it, so rmdir takes it (rmdir kills nothing and fails on anything
+        // in use).
+        let t = fake_mount();
+        let scope = t.path().join("machine.slice/machine-web.scope");
+        fs::create_dir_all(&scope).unwrap();
+        let cg = prepare(t.path(), "/", false, &name("web"));
+        if can_set_trusted_xattrs(t.path()) {
+            cg.unwrap();
+        }
+        // Without root the new scope cannot be marked; the old one is gone
+        // all the same (the error is the mark's, not "not berth's").
+        else {
+            assert!(!matches!(cg, Err(CgroupError::Foreign { .. })));
+        }
     }
 
     #[test]
