@@ -149,7 +149,7 @@ fn plan_child(
     }
     let (seccomp_allow, seccomp_deny) = crate::seccomp::adjustments(&exec.system_call_filter);
     let child = ChildSpec {
-        root: tree.root.clone(),
+        tree: tree.dir(),
         hostname: exec.hostname.clone().unwrap_or_else(|| tree.name.to_string()),
         machine_id,
         console: None,
@@ -259,7 +259,8 @@ fn start(
     } else {
         lock::TreeAccess::Exclusive
     };
-    let _locks = lock::acquire_machine(Path::new(lock::LOCK_DIR), &tree.name, &tree.root, access)?;
+    let identity = tree.dir().identity()?;
+    let _locks = lock::acquire_machine(Path::new(lock::LOCK_DIR), &tree.name, &tree.root, identity, access)?;
     if let Some(notice) = supervisor::registration_notice(&tree.name) {
         eprintln!("{notice}");
     }

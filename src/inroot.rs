@@ -306,35 +306,37 @@ impl InRoot {
     }
 
     /// Read a small regular file of the tree: links followed inside it,
-    /// opened non-blocking, at most `max` bytes. A FIFO, a device, a socket
-    /// or a directory there is an error naming the path.
+    /// at most `max` bytes. The file is looked at (O_PATH, fstat) before it
+    /// is opened, so a FIFO, a device, a socket or a directory there is an
+    /// error naming the path, and a device is never opened.
     pub fn read_small(&self, path: &str, max: u64) -> Result<Vec<u8>> {
-        let not_regular = |kind: u32| PathError {
+        let fail = |why: String| PathError {
             what: "reading",
             path: self.show(path),
-            why: format!("is {}, not a regular file", kind_name(kind)),
+            why,
         };
-        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
-        let fd = match self.open_at(path, flags) {
-            Ok(fd) => fd,
-            // A socket cannot be opened at all: say what it is.
-            Err(Errno::ENXIO) => match self.open_at(path, OFlag::O_PATH).ok().and_then(|f| fstat(&f).ok()) {
-                Some(st) => return Err(not_regular(st.st_mode & SFlag::S_IFMT.bits())),
-                None => return Err(self.err("reading", path, Errno::ENXIO)),
-            },
-            Err(e) => return Err(self.err("reading", path, e)),
-        };
-        let st = fstat(&fd).map_err(|e| self.err("reading", path, e))?;
+        let looked = self
+            .open_at(path, OFlag::O_PATH)
+            .map_err(|e| self.err("reading", path, e))?;
+        let st = fstat(&looked).map_err(|e| self.err("reading", path, e))?;
         let kind = st.st_mode & SFlag::S_IFMT.bits();
         if kind != SFlag::S_IFREG.bits() {
-            return Err(not_regular(kind));
+            return Err(fail(format!("is {}, not a regular file", kind_name(kind))));
         }
         if st.st_size as u64 > max {
-            return Err(PathError {
-                what: "reading",
-                path: self.show(path),
-                why: format!("larger than {} bytes ({} bytes)", max, st.st_size),
-            });
+            return Err(fail(format!("larger than {} bytes ({} bytes)", max, st.st_size)));
+        }
+        // Reopen exactly that inode for reading (the magic link of the
+        // O_PATH descriptor), non-blocking, and make sure it is still it.
+        let fd = nix::fcntl::open(
+            &fd_path(looked.as_fd()),
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.err("reading", path, e))?;
+        let again = fstat(&fd).map_err(|e| self.err("reading", path, e))?;
+        if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) {
+            return Err(fail("changed while berth read it".into()));
         }
         let mut buf = Vec::with_capacity(st.st_size as usize);
         File::from(fd)
@@ -342,13 +344,40 @@ impl InRoot {
             .read_to_end(&mut buf)
             .map_err(|e| self.err("reading", path, io_errno(&e)))?;
         if buf.len() as u64 > max {
-            return Err(PathError {
-                what: "reading",
-                path: self.show(path),
-                why: format!("larger than {max} bytes"),
-            });
+            return Err(fail(format!("larger than {max} bytes")));
         }
         Ok(buf)
+    }
+
+    /// `path` must be a plain directory of the tree (not a link) or
+    /// missing: where berth mounts the machine's own /proc, /sys, /dev,
+    /// /run and /tmp. A link there could resolve to one place when berth
+    /// mounts and to another when it masks.
+    pub fn require_plain_dir_or_missing(&self, path: &str, why: &str) -> Result<()> {
+        match self.kind_of(path) {
+            None => Ok(()),
+            Some(k) if k == SFlag::S_IFDIR => Ok(()),
+            Some(k) => Err(PathError {
+                what: "checking",
+                path: self.show(path),
+                why: format!("is {}, not a directory ({why})", kind_name(k.bits())),
+            }),
+        }
+    }
+
+    /// (st_dev, st_ino) of the root itself.
+    pub fn identity(&self) -> Result<(u64, u64)> {
+        let st = fstat(&self.fd).map_err(|e| self.err("looking at", "/", e))?;
+        Ok((st.st_dev as u64, st.st_ino as u64))
+    }
+
+    /// A second descriptor of the root (for a process that needs its own).
+    pub fn try_clone(&self) -> Result<InRoot> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| self.err("duplicating", "/", io_errno(&e)))?;
+        Ok(InRoot::from_fd(fd, self.shown.clone()))
     }
 
     /// Whether `path` is an executable regular file (links followed inside
@@ -390,6 +419,7 @@ fn kind_name(kind: u32) -> &'static str {
         k if k == SFlag::S_IFBLK => "a block device",
         k if k == SFlag::S_IFSOCK => "a socket",
         k if k == SFlag::S_IFLNK => "a symbolic link",
+        k if k == SFlag::S_IFREG => "a regular file",
         _ => "of an unknown type",
     }
 }

@@ -84,14 +84,18 @@ pub struct MachineLocks {
 
 /// Take the name lock, then the tree lock, of machine `name` booting the tree
 /// at `tree`. `dir` is the lock directory (LOCK_DIR).
+/// `tree` names the tree in messages; `identity` is the (st_dev, st_ino)
+/// of the directory berth opened and will boot (from its descriptor, so
+/// the inode locked is the inode booted).
 pub fn acquire_machine(
     dir: &Path,
     name: &MachineName,
     tree: &Path,
+    identity: (u64, u64),
     access: TreeAccess,
 ) -> Result<MachineLocks, LockError> {
     let name_lock = acquire_name(dir, name)?;
-    let tree_lock = acquire_tree(dir, name, tree, access)?;
+    let tree_lock = acquire_tree(dir, name, tree, identity, access)?;
     Ok(MachineLocks {
         _tree: tree_lock,
         _name: name_lock,
@@ -116,18 +120,26 @@ fn acquire_name(dir: &Path, name: &MachineName) -> Result<Flock<File>, LockError
     }
 }
 
-/// The lock file of the tree at `tree`: its name is the (st_dev, st_ino) of
-/// the directory the path resolves to.
-pub fn tree_lock_path(dir: &Path, tree: &Path) -> io::Result<PathBuf> {
-    let meta = fs::metadata(tree)?;
-    Ok(dir.join(TREES_DIR).join(format!("{}-{}.lock", meta.dev(), meta.ino())))
+/// The lock file of a tree: its name is the (st_dev, st_ino) of the tree's
+/// directory.
+pub fn tree_lock_path(dir: &Path, identity: (u64, u64)) -> PathBuf {
+    dir.join(TREES_DIR).join(format!("{}-{}.lock", identity.0, identity.1))
 }
 
-fn acquire_tree(dir: &Path, name: &MachineName, tree: &Path, access: TreeAccess) -> Result<Flock<File>, LockError> {
-    let path = tree_lock_path(dir, tree).map_err(|source| LockError::Io {
-        path: tree.to_path_buf(),
-        source,
-    })?;
+/// The (st_dev, st_ino) of the directory a path resolves to.
+pub fn identity_of(path: &Path) -> io::Result<(u64, u64)> {
+    let meta = fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+fn acquire_tree(
+    dir: &Path,
+    name: &MachineName,
+    tree: &Path,
+    identity: (u64, u64),
+    access: TreeAccess,
+) -> Result<Flock<File>, LockError> {
+    let path = tree_lock_path(dir, identity);
     let io = |source| LockError::Io {
         path: path.clone(),
         source,
@@ -225,10 +237,16 @@ mod tests {
 
     impl Setup {
         fn lock(&self, n: &str, access: TreeAccess) -> Result<MachineLocks, LockError> {
-            acquire_machine(&self.locks, &name(n), &self.tree, access)
+            acquire_machine(
+                &self.locks,
+                &name(n),
+                &self.tree,
+                identity_of(&self.tree).unwrap(),
+                access,
+            )
         }
         fn tree_lock(&self) -> PathBuf {
-            tree_lock_path(&self.locks, &self.tree).unwrap()
+            tree_lock_path(&self.locks, identity_of(&self.tree).unwrap())
         }
     }
 
@@ -280,14 +298,27 @@ mod tests {
         let link = s.t.path().join("link");
         std::os::unix::fs::symlink(&s.tree, &link).unwrap();
         let _first = s.lock("debian", TreeAccess::Exclusive).unwrap();
-        let e = acquire_machine(&s.locks, &name("other"), &link, TreeAccess::Exclusive)
-            .err()
-            .unwrap();
+        let e = acquire_machine(
+            &s.locks,
+            &name("other"),
+            &link,
+            identity_of(&link).unwrap(),
+            TreeAccess::Exclusive,
+        )
+        .err()
+        .unwrap();
         assert!(matches!(e, LockError::TreeHeld { holder: Holder::Machine(ref h), .. } if h.as_str() == "debian"));
         // A different tree is independent.
         let other_tree = s.t.path().join("machines/other");
         fs::create_dir(&other_tree).unwrap();
-        acquire_machine(&s.locks, &name("other"), &other_tree, TreeAccess::Exclusive).unwrap();
+        acquire_machine(
+            &s.locks,
+            &name("other"),
+            &other_tree,
+            identity_of(&other_tree).unwrap(),
+            TreeAccess::Exclusive,
+        )
+        .unwrap();
     }
 
     #[test]

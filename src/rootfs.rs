@@ -71,8 +71,8 @@ struct ApiMount {
 
 const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
 const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
-const RO_NOSUID_NODEV_NOEXEC: u64 =
-    sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
+const NOSUID_NODEV_NOEXEC_ATTRS: u64 = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
+const RO_NOSUID_NODEV_NOEXEC: u64 = sys::MOUNT_ATTR_RDONLY | NOSUID_NODEV_NOEXEC_ATTRS;
 
 /// API file systems, mounted in this order (a later target may lie inside an
 /// earlier mount: /sys/fs/cgroup in /sys, /dev/pts in /dev).
@@ -233,7 +233,7 @@ fn mount_on(fstype: &str, target: BorrowedFd<'_>, flags: MsFlags, data: Option<&
 /// see. Returns the new root. `read_only` (ReadOnly=yes) makes the tree and
 /// every mount in it read-only here, before anything is mounted on top, so
 /// the API file systems stay writable.
-pub fn isolate(tree_path: &Path, read_only: bool, volatile: Volatile, machine_id: &str) -> Result<InRoot> {
+pub fn isolate(tree: &InRoot, read_only: bool, volatile: Volatile, machine_id: &str) -> Result<InRoot> {
     // Private, not slave: host mounts made later under the tree do not
     // appear in the machine, and nothing the machine mounts reaches the host.
     let flags = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
@@ -242,7 +242,22 @@ pub fn isolate(tree_path: &Path, read_only: bool, volatile: Volatile, machine_id
         Path::new("/"),
         mount(None::<&str>, "/", None::<&str>, flags, None::<&str>),
     )?;
-    let tree = InRoot::open(tree_path)?;
+    let root = attach(tree, read_only, volatile, machine_id)?;
+    // Where berth mounts the machine's own file systems, the tree must have
+    // plain directories: a link there could resolve to one place when berth
+    // mounts and to another when it masks (through berth's own mounts).
+    for dir in API_DIRS {
+        root.require_plain_dir_or_missing(dir, "berth mounts the machine's own file system there")?;
+    }
+    Ok(root)
+}
+
+/// The top-level directories berth mounts file systems of its own on.
+const API_DIRS: &[&str] = &["/proc", "/sys", "/dev", "/run", "/tmp"];
+
+fn attach(tree: &InRoot, read_only: bool, volatile: Volatile, machine_id: &str) -> Result<InRoot> {
+    let shown = tree.show("/");
+    let tree_path = shown.as_path();
     // A read-only tree is made so here, on every mount in it and before
     // anything is mounted on top (so the API file systems stay writable);
     // mount points it lacks are then made through a writable clone of it.
@@ -274,6 +289,7 @@ pub fn isolate(tree_path: &Path, read_only: bool, volatile: Volatile, machine_id
         Volatile::No => attach_tree(read_only),
         Volatile::State => {
             let root = attach_tree(true)?;
+            root.require_plain_dir_or_missing("/var", "berth mounts a temporary /var there")?;
             let var = root.path_fd("opening", "/var")?;
             mount_on(
                 "tmpfs",
@@ -354,10 +370,28 @@ pub fn isolate(tree_path: &Path, read_only: bool, volatile: Volatile, machine_id
 
 /// Step 2: API file systems, device nodes and /dev links. `console` is the
 /// host's pty slave to show as /dev/console (None: no console device).
-pub fn mount_api(root: &InRoot, console: Option<&Path>) -> Result<()> {
+/// Returns the machine's proc, by its own descriptor, for `restrict`.
+pub fn mount_api(root: &InRoot, console: Option<&Path>) -> Result<InRoot> {
+    let mut proc = None;
     for m in API_MOUNTS {
         let target = root.mkdir_all(m.target, 0o755)?;
-        mount_on(m.fstype, target.as_fd(), m.flags, m.data, &root.show(m.target))?;
+        let shown = root.show(m.target);
+        if m.fstype == "proc" {
+            // A detached mount whose descriptor is its root: the masks go
+            // on exactly this proc, whatever a path would resolve to later.
+            let fresh = io_step(
+                "mounting",
+                &shown,
+                sys::new_fs_mount("proc", &[]).and_then(|fd| {
+                    sys::mount_setattr(fd.as_fd(), NOSUID_NODEV_NOEXEC_ATTRS, false)?;
+                    sys::move_mount_onto(fd.as_fd(), target.as_fd())?;
+                    Ok(fd)
+                }),
+            )?;
+            proc = Some(InRoot::from_fd(fresh, shown));
+            continue;
+        }
+        mount_on(m.fstype, target.as_fd(), m.flags, m.data, &shown)?;
     }
     for (name, major, minor) in DEVICE_NODES {
         root.mknod(&format!("/dev/{name}"), SFlag::S_IFCHR, 0o666, makedev(*major, *minor))?;
@@ -370,7 +404,7 @@ pub fn mount_api(root: &InRoot, console: Option<&Path>) -> Result<()> {
         let source = host_path_fd(pty)?;
         bind_fd(source.as_fd(), target.as_fd(), false, 0, &root.show("/dev/console"))?;
     }
-    Ok(())
+    Ok(proc.expect("the API mounts include proc"))
 }
 
 /// Step 3: /run/host with the host's os-release, the manager's name, and
@@ -405,11 +439,24 @@ fn read_host_file(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Step 4: masks and read-only parts of /proc, read-only /run/host.
-pub fn restrict(root: &InRoot) -> Result<()> {
+/// A file of the machine's proc: None when this kernel has none (only
+/// then may a mask be skipped).
+fn proc_entry(proc: &InRoot, path: &str) -> Result<Option<OwnedFd>> {
+    let rel = path.strip_prefix("/proc").unwrap_or(path);
+    match proc.open_at(rel, nix::fcntl::OFlag::O_PATH) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(PathError::errno("opening", proc.show(rel), e).into()),
+    }
+}
+
+/// Step 4: masks and read-only parts of the machine's proc (by its own
+/// descriptor from `mount_api`), and /run/host read-only (by the
+/// descriptor from `populate_run_host`).
+pub fn restrict(root: &InRoot, proc: &InRoot, run_host: BorrowedFd<'_>) -> Result<()> {
     let inaccessible = root.path_fd("opening", &format!("{INACCESSIBLE_DIR}/reg"))?;
     for p in PROC_MASKED {
-        if let Ok(target) = root.open_at(p, nix::fcntl::OFlag::O_PATH) {
+        if let Some(target) = proc_entry(proc, p)? {
             bind_fd(
                 inaccessible.as_fd(),
                 target.as_fd(),
@@ -420,7 +467,7 @@ pub fn restrict(root: &InRoot) -> Result<()> {
         }
     }
     for p in PROC_READ_ONLY {
-        if let Ok(target) = root.open_at(p, nix::fcntl::OFlag::O_PATH) {
+        if let Some(target) = proc_entry(proc, p)? {
             bind_fd(
                 target.as_fd(),
                 target.as_fd(),
@@ -430,14 +477,7 @@ pub fn restrict(root: &InRoot) -> Result<()> {
             )?;
         }
     }
-    let run_host = root.path_fd("opening", RUN_HOST)?;
-    bind_fd(
-        run_host.as_fd(),
-        run_host.as_fd(),
-        false,
-        RO_NOSUID_NODEV_NOEXEC,
-        &root.show(RUN_HOST),
-    )
+    bind_fd(run_host, run_host, false, RO_NOSUID_NODEV_NOEXEC, &root.show(RUN_HOST))
 }
 
 /// Whether the tree's `path` is a plain file (not a link, not anything else).
@@ -645,7 +685,7 @@ pub fn lock_mounts() -> Result<()> {
     let here = Path::new("/");
     let (wait_read, wait_write) = step("creating a pipe in", here, nix::unistd::pipe())?;
     let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS;
-    let helper = match io_step("creating the mount lock of", here, sys::clone_process(flags, None))? {
+    let (helper, pidfd) = match io_step("creating the mount lock of", here, sys::clone_process(flags, None))? {
         sys::Cloned::Child => {
             // The helper only holds its namespaces until the init joined
             // them: it waits for end-of-file, then exits. (Async-signal-safe
@@ -655,29 +695,31 @@ pub fn lock_mounts() -> Result<()> {
             let _ = nix::unistd::read(&wait_read, &mut b);
             sys::exit_now(0)
         }
-        sys::Cloned::Parent { child, .. } => child,
+        sys::Cloned::Parent { child, pidfd } => (child, pidfd),
     };
     drop(wait_read);
-    let ns_path = PathBuf::from(format!("/proc/{helper}/ns/mnt"));
+    // Through the helper's pidfd: no path the tree could redirect.
     let joined = step(
-        "opening",
-        &ns_path,
-        nix::fcntl::open(
-            &ns_path,
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ),
-    )
-    .and_then(|ns| {
-        step(
-            "joining the locked mount namespace",
-            &ns_path,
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS),
-        )
-    });
+        "joining the locked mount namespace in",
+        here,
+        nix::sched::setns(&pidfd, nix::sched::CloneFlags::CLONE_NEWNS),
+    );
     drop(wait_write);
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(helper), None);
     joined?;
+    // The point of it all: the mount namespace must not belong to the
+    // host's user namespace.
+    match sys::mount_ns_owned_by_own_user_ns() {
+        Ok(false) => {}
+        Ok(true) => {
+            return Err(SetupError {
+                what: "locking the mounts of",
+                path: here.into(),
+                why: "the mount namespace still belongs to the host's user namespace".into(),
+            })
+        }
+        Err(e) => return io_step("checking the mount lock of", here, Err(e)),
+    }
     step("changing directory to", here, chdir("/"))
 }
 

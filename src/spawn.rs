@@ -32,7 +32,8 @@ pub enum Payload {
 /// Everything the child needs, prepared by the supervisor.
 #[derive(Debug, Clone)]
 pub struct ChildSpec {
-    pub root: PathBuf,
+    /// The tree, opened once by `Tree::open` (shared with the child).
+    pub tree: std::sync::Arc<crate::inroot::InRoot>,
     pub hostname: String,
     /// The machine's id (32 hex digits), also given to the init as
     /// `container_uuid`.
@@ -225,8 +226,20 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     // Mounts first, while the host's files (os-release, the console pty)
     // are still reachable; pivot_root last. Every path in the tree is
     // resolved inside it (`InRoot`).
-    let root = rootfs::isolate(&spec.root, spec.files.read_only, spec.files.volatile, &spec.machine_id)?;
-    rootfs::mount_api(&root, spec.console.as_deref())?;
+    // The tree again, in this mount namespace (open_tree clones only mounts
+    // of the caller's namespace), and it must be the very directory berth
+    // checked and locked.
+    let shown = spec.tree.show("/");
+    let tree = crate::inroot::InRoot::open(&shown)?;
+    if tree.identity()? != spec.tree.identity()? {
+        return Err(SetupError {
+            what: "opening",
+            path: shown,
+            why: "the tree was replaced while berth started the machine".into(),
+        });
+    }
+    let root = rootfs::isolate(&tree, spec.files.read_only, spec.files.volatile, &spec.machine_id)?;
+    let proc = rootfs::mount_api(&root, spec.console.as_deref())?;
     let run_host = rootfs::populate_run_host(&root)?;
     if matches!(spec.payload, Payload::Init { .. }) {
         // Bound before /run/host turns read-only, through the resolved
@@ -241,11 +254,11 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
                 why: nix::errno::Errno::EPIPE.desc().into(),
             })?;
     }
-    drop(run_host);
     // The admin's mounts go over the API file systems' and before the masks,
     // so /run/host/inaccessible exists for Inaccessible=.
     rootfs::mount_files(&root, &spec.files)?;
-    rootfs::restrict(&root)?;
+    rootfs::restrict(&root, &proc, run_host.as_fd())?;
+    drop((run_host, proc));
     // The machine shares the host's network (private networks come later),
     // so it uses the host's resolver configuration.
     rootfs::resolv_conf(&root, spec.resolv_conf)?;

@@ -74,7 +74,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
             eprintln!(
                 "Spawning machine {} on {}.\r\nPress Ctrl-] three times within 1s to kill the machine.\r",
                 plan.name,
-                child.root.display()
+                child.tree.show("/").display()
             );
             Some(RawTerminal::enter(stdin.as_fd()).context("putting the terminal in raw mode")?)
         }

@@ -437,6 +437,22 @@ pub fn exit_now(code: libc::c_int) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// `NS_GET_USERNS` of linux/nsfs.h: the user namespace owning a namespace.
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+
+/// Whether this process's mount namespace is owned by its own user
+/// namespace (for a process of the host's user namespace: whether its
+/// mounts are unlocked). Reads the machine's own /proc.
+pub fn mount_ns_owned_by_own_user_ns() -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let mnt = std::fs::File::open("/proc/thread-self/ns/mnt")?;
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor.
+    let owner = owned_fd_or_error(unsafe { libc::ioctl(mnt.as_raw_fd(), NS_GET_USERNS) } as libc::c_long)?;
+    let owner_ino = std::fs::File::from(owner).metadata()?.ino();
+    let own_ino = std::fs::metadata("/proc/thread-self/ns/user")?.ino();
+    Ok(owner_ino == own_ino)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

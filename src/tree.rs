@@ -66,8 +66,9 @@ pub struct Tree {
     pub name: MachineName,
     /// The tree on the host, absolute.
     pub root: PathBuf,
-    /// The tree, opened once; every read resolves inside it.
-    dir: InRoot,
+    /// The tree, opened once; every read resolves inside it, and the
+    /// machine boots this very directory.
+    dir: std::sync::Arc<InRoot>,
 }
 
 /// The most berth reads of /etc/machine-id (33 bytes when valid).
@@ -119,7 +120,11 @@ impl Tree {
             Ok(d) => d,
             Err(error) => return Err(TreeError::BadFile { name, error }),
         };
-        let tree = Tree { name, root, dir };
+        let tree = Tree {
+            name,
+            root,
+            dir: std::sync::Arc::new(dir),
+        };
         // The first os-release that exists must be a sane file.
         match OS_RELEASE.iter().find(|p| tree.dir.exists(p)) {
             None => Err(TreeError::NoOsRelease {
@@ -131,6 +136,11 @@ impl Tree {
                 Ok(tree)
             }
         }
+    }
+
+    /// The opened tree, for the machine's setup.
+    pub fn dir(&self) -> std::sync::Arc<InRoot> {
+        self.dir.clone()
     }
 
     /// Read a small regular file of the tree (links followed inside it).

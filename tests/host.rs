@@ -430,7 +430,7 @@ fn failure_half_way_leaves_nothing_behind() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr_of(&out).lines().last().unwrap(),
-        format!("berth: machine \"t-halfway\": setting up: creating directory {r}/dev: is not a directory")
+        format!("berth: machine \"t-halfway\": setting up: checking {r}/dev: is a regular file, not a directory (berth mounts the machine's own file system there)")
     );
     assert!(
         host_mounts_under(&root).is_empty(),

@@ -279,7 +279,7 @@ fn journal_run_and_dev_linked_out() {
         assert_refused(
             &out,
             &format!(
-                "berth: machine \"t-h-api\": setting up: creating directory {}/{dir}: is a symbolic link to nothing inside the tree",
+                "berth: machine \"t-h-api\": setting up: checking {}/{dir}: is a symbolic link, not a directory (berth mounts the machine's own file system there)",
                 s.t()
             ),
         );
@@ -290,6 +290,29 @@ fn journal_run_and_dev_linked_out() {
     // The machine's own journal directory on the host is berth's to make;
     // nothing else appeared next to it.
     assert_no_mounts(Path::new("/var/log/journal"));
+}
+
+/// A link at a place berth mounts on could resolve to one place when berth
+/// mounts and to another when it masks (through berth's own mounts: here
+/// proc -> /dev/shm/../../F, where /dev/shm is a link until berth mounts
+/// /dev). Such a tree is refused before anything is mounted.
+#[test]
+fn links_where_berth_mounts_are_refused() {
+    let s = Scratch::new();
+    let t = s.t();
+    std::fs::create_dir_all(s.tree().join("F")).unwrap();
+    for (dir, target) in [("proc", "/dev/shm/../../F"), ("tmp", "/"), ("sys", "F")] {
+        s.link(dir, target);
+        let out = s.run("t-h-api-link", None, &["true"]);
+        assert_refused(
+            &out,
+            &format!(
+                "berth: machine \"t-h-api-link\": setting up: checking {t}/{dir}: is a symbolic link, not a directory (berth mounts the machine's own file system there)"
+            ),
+        );
+        std::fs::remove_file(s.tree().join(dir)).unwrap();
+        std::fs::create_dir(s.tree().join(dir)).unwrap();
+    }
 }
 
 #[test]

@@ -146,17 +146,58 @@ pub fn locate(name: &str, tree_root: &Path, explicit: Option<&Path>) -> Option<S
     })
 }
 
+/// The most a settings file may hold.
+pub const MAX_SETTINGS_FILE: u64 = 1 << 20;
+
+/// Read a settings file: a regular file of at most 1 MiB, looked at before
+/// it is opened (a FIFO or a device there is an error, never a hang). The
+/// untrusted file next to a tree may not be a symbolic link (it could
+/// point at any file of the host, which errors would then quote).
+fn read_settings_file(path: &Path, trusted: bool) -> Result<Vec<u8>, String> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::{fstat, Mode, SFlag};
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let mut flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
+    if !trusted {
+        flags |= OFlag::O_NOFOLLOW;
+    }
+    let looked = nix::fcntl::open(path, flags, Mode::empty()).map_err(|e| e.desc().to_string())?;
+    let st = fstat(&looked).map_err(|e| e.desc().to_string())?;
+    let kind = st.st_mode & SFlag::S_IFMT.bits();
+    if kind == SFlag::S_IFLNK.bits() {
+        return Err("it is a symbolic link, and a file next to the tree must be a plain file".into());
+    }
+    if kind != SFlag::S_IFREG.bits() {
+        return Err("it is not a regular file".into());
+    }
+    if st.st_size as u64 > MAX_SETTINGS_FILE {
+        return Err(format!("it is larger than {MAX_SETTINGS_FILE} bytes"));
+    }
+    let fd = nix::fcntl::open(
+        &crate::inroot::fd_path(looked.as_fd()),
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| e.desc().to_string())?;
+    let mut text = Vec::new();
+    std::fs::File::from(fd)
+        .take(MAX_SETTINGS_FILE + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| crate::util::os_error(&e))?;
+    if text.len() as u64 > MAX_SETTINGS_FILE {
+        return Err(format!("it is larger than {MAX_SETTINGS_FILE} bytes"));
+    }
+    Ok(text)
+}
+
 /// Load one file into `settings`, collecting every error.
 pub fn load_file(settings: &mut Settings, file: &SettingsFile, errors: &mut Vec<String>) {
     let path = &file.path;
-    let text = match std::fs::read(path) {
+    let text = match read_settings_file(path, file.trusted) {
         Ok(t) => t,
-        Err(e) => {
-            errors.push(format!(
-                "{}: cannot read: {}",
-                path.display(),
-                crate::util::os_error(&e)
-            ));
+        Err(why) => {
+            errors.push(format!("{}: cannot read: {why}", path.display()));
             return;
         }
     };
@@ -438,6 +479,58 @@ mod tests {
                 "{errors:?}"
             );
         }
+    }
+
+    #[test]
+    fn settings_files_are_small_plain_files() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("web.ini");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        for trusted in [true, false] {
+            let file = SettingsFile {
+                path: fifo.clone(),
+                trusted,
+            };
+            let mut errors = Vec::new();
+            load_file(&mut Settings::default(), &file, &mut errors);
+            assert_eq!(
+                errors,
+                [format!("{}: cannot read: it is not a regular file", fifo.display())]
+            );
+        }
+        std::fs::remove_file(&fifo).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &fifo).unwrap();
+        let mut errors = Vec::new();
+        let file = SettingsFile {
+            path: fifo.clone(),
+            trusted: false,
+        };
+        load_file(&mut Settings::default(), &file, &mut errors);
+        assert_eq!(
+            errors,
+            [format!(
+                "{}: cannot read: it is a symbolic link, and a file next to the tree must be a plain file",
+                fifo.display()
+            )]
+        );
+        let big = t.path().join("big.ini");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_SETTINGS_FILE + 1)
+            .unwrap();
+        let mut errors = Vec::new();
+        let file = SettingsFile {
+            path: big.clone(),
+            trusted: true,
+        };
+        load_file(&mut Settings::default(), &file, &mut errors);
+        assert_eq!(
+            errors,
+            [format!(
+                "{}: cannot read: it is larger than 1048576 bytes",
+                big.display()
+            )]
+        );
     }
 
     #[test]
