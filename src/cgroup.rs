@@ -42,6 +42,8 @@ pub enum CgroupError {
         what: &'static str,
         source: io::Error,
     },
+    #[error("cgroup {}: cannot set {file}: this host's cgroup2 does not offer that controller there", path.display())]
+    NoController { path: PathBuf, file: &'static str },
     #[error("cgroup {}: processes of an earlier run are still there after SIGKILL", path.display())]
     Busy { path: PathBuf },
     #[error("cgroup {} exists and is not berth's: is another manager running a machine named \"{name}\"?", path.display())]
@@ -110,6 +112,9 @@ pub fn own_cgroup(proc_cgroup: &str) -> Option<String> {
 pub struct MachineCgroup {
     /// Where the machine's init is placed (the root of its cgroup namespace).
     pub payload: PathBuf,
+    /// The cgroup above it that carries the machine's limits, where the
+    /// machine cannot change them.
+    pub limits: PathBuf,
     /// What berth removes when the machine is gone.
     remove: PathBuf,
     /// Parents berth created and removes when they end up empty.
@@ -142,6 +147,7 @@ pub fn prepare(mount: &Path, own: &str, keep_unit: bool, name: &MachineName) -> 
         Ok(MachineCgroup {
             remove: payload.clone(),
             payload,
+            limits: unit,
             parents: vec![],
         })
     } else {
@@ -163,13 +169,22 @@ pub fn prepare(mount: &Path, own: &str, keep_unit: bool, name: &MachineName) -> 
             }
             r => r.map_err(io_err(&scope, "creating it"))?,
         }
-        if let Err(e) = mark(&scope, name).and_then(|()| limit_tasks(&scope)) {
+        // The machine runs in scope/payload, the root of its cgroup
+        // namespace; its limits sit on the scope above, out of its reach.
+        let payload = scope.join("payload");
+        let made = mark(&scope, name)
+            .and_then(|()| limit_tasks(&scope))
+            .and_then(|()| mkdir(&payload))
+            .and_then(|()| enable_controllers(&scope));
+        if let Err(e) = made {
+            let _ = fs::remove_dir(&payload);
             let _ = fs::remove_dir(&scope);
             let _ = fs::remove_dir(&slice); // still used by other machines: fine
             return Err(e);
         }
         Ok(MachineCgroup {
-            payload: scope.clone(),
+            payload,
+            limits: scope.clone(),
             remove: scope,
             parents: vec![slice],
         })
@@ -193,6 +208,23 @@ fn remove_if_berths(path: &Path, name: &MachineName) -> Result<(), CgroupError> 
         });
     }
     remove_tree(path)
+}
+
+/// Write the machine's limits (cgroupfs file, value) into `cgroup`. A
+/// limit whose file is missing names the controller this host's cgroup2
+/// lacks.
+pub fn apply_limits(cgroup: &Path, files: &[(&'static str, String)]) -> Result<(), CgroupError> {
+    for (file, value) in files {
+        let path = cgroup.join(file);
+        if !path.exists() {
+            return Err(CgroupError::NoController {
+                path: cgroup.into(),
+                file,
+            });
+        }
+        fs::write(&path, value).map_err(io_err(&path, "setting a limit"))?;
+    }
+    Ok(())
 }
 
 /// Mark a cgroup berth created as berth's (see MARK).
@@ -228,10 +260,21 @@ fn mkdir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// Enable for the children of `cgroup` every controller it has (it must
+/// hold no process itself).
+pub fn enable_all_controllers(cgroup: &Path) -> Result<(), CgroupError> {
+    enable_controllers(cgroup)
+}
+
 /// Enable for the children of `cgroup` every controller it has.
 fn enable_controllers(cgroup: &Path) -> Result<(), CgroupError> {
     let file = cgroup.join("cgroup.controllers");
-    let available = fs::read_to_string(&file).map_err(io_err(&file, "reading it"))?;
+    let available = match fs::read_to_string(&file) {
+        Ok(a) => a,
+        // (Only outside cgroupfs, as in the unit tests' fake tree.)
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(&file, "reading it")(e)),
+    };
     let control = cgroup.join("cgroup.subtree_control");
     let enabled = fs::read_to_string(&control).map_err(io_err(&control, "reading it"))?;
     for c in available.split_whitespace() {
@@ -457,7 +500,9 @@ mod tests {
         fs::create_dir_all(scope.join("init.scope")).unwrap();
         crate::sys::set_xattr(&scope, MARK, b"web").unwrap();
         let cg = prepare(t.path(), "/", false, &name("web")).unwrap();
-        assert_eq!(cg.payload, scope);
+        // The machine's own cgroup is below the scope, which holds its limits.
+        assert_eq!(cg.payload, scope.join("payload"));
+        assert_eq!(cg.limits, scope);
         assert!(!scope.join("init.scope").exists(), "the stale scope was kept");
         assert_eq!(
             crate::sys::get_xattr(&scope, MARK).unwrap().as_deref(),

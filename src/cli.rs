@@ -47,6 +47,14 @@ pub struct MachineArgs {
     /// use the unit's cgroup, and exit 133 on reboot so systemd restarts it.
     #[arg(long)]
     pub keep_unit: bool,
+    /// The settings flags given are defaults: the machine's settings file
+    /// wins over them (what machine@.service's ExecStart= uses).
+    #[arg(long)]
+    pub flags_are_defaults: bool,
+    /// Register the machine with systemd-machined (machinectl, journalctl
+    /// -M) when the host runs systemd.
+    #[arg(long, value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new(), default_value = "yes", action = ArgAction::Set)]
+    pub register: bool,
     /// The machine's settings file [default: the first NAME.ini in
     /// /etc/berth/machines.d, /run/berth/machines.d, /usr/lib/berth/machines.d].
     #[arg(long, value_name = "FILE")]

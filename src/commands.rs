@@ -15,7 +15,7 @@ use crate::console::ConsoleMode;
 use crate::lock;
 use crate::name::MachineName;
 use crate::signals;
-use crate::spawn::{ChildSpec, Payload, Volatile};
+use crate::spawn::{ChildSpec, Payload};
 use crate::spec::{LinkJournal, MachineSpec};
 use crate::supervisor::{self, Plan};
 use crate::tree::{self, Tree};
@@ -26,7 +26,13 @@ type Flags = [(&'static KeyDef, Vec<String>)];
 
 pub fn boot(args: BootArgs, flags: &Flags) -> anyhow::Result<i32> {
     let (name, root) = tree::resolve_name(args.machine.name.as_deref(), args.machine.directory.as_deref())?;
-    let mut settings = config::load(name.as_str(), &root, args.machine.config.as_deref(), flags)?;
+    let mut settings = config::load_with(
+        name.as_str(),
+        &root,
+        args.machine.config.as_deref(),
+        flags,
+        args.machine.flags_are_defaults,
+    )?;
     if !args.args.is_empty() {
         let def = config::keys::find("Exec", "Parameters").expect("in the table");
         settings.set(
@@ -40,14 +46,7 @@ pub fn boot(args: BootArgs, flags: &Flags) -> anyhow::Result<i32> {
     let spec = machine_spec(&name, &settings)?;
     let (tree, console) = open_machine(name, root, &args.machine, "boot", spec.exec.boot)?;
     let planned = plan_child(&tree, console, &spec, None)?;
-    start(
-        tree,
-        console,
-        planned.child,
-        planned.notify_ready,
-        planned.kill_signal,
-        args.machine.keep_unit,
-    )
+    start(tree, console, planned, &args.machine, spec.resources)
 }
 
 /// `berth run`: the machine's settings file applies as for `boot` (its
@@ -58,15 +57,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let settings = config::load(name.as_str(), &root, args.machine.config.as_deref(), &[])?;
     let spec = machine_spec(&name, &settings)?;
     let (tree, console) = open_machine(name, root, &args.machine, "run", false)?;
-    let planned = plan_child(&tree, console, &spec, Some(args.command))?;
-    start(
-        tree,
-        console,
-        planned.child,
-        false,
-        planned.kill_signal,
-        args.machine.keep_unit,
-    )
+    let mut planned = plan_child(&tree, console, &spec, Some(args.command))?;
+    planned.notify_ready = false;
+    start(tree, console, planned, &args.machine, spec.resources)
 }
 
 fn machine_spec(name: &MachineName, settings: &Settings) -> anyhow::Result<MachineSpec> {
@@ -91,7 +84,11 @@ fn plan_child(
     let host_id = tree::host_machine_id();
     let uuid = tree.container_uuid(host_id.as_deref())?;
     let machine_id = uuid.replace('-', "");
-    if spec.exec.link_journal != LinkJournal::No && host_id.as_deref() == Some(machine_id.as_str()) {
+    let binds_host_journal = matches!(
+        spec.exec.link_journal,
+        LinkJournal::Host | LinkJournal::TryHost | LinkJournal::Auto
+    );
+    if binds_host_journal && host_id.as_deref() == Some(machine_id.as_str()) {
         bail!(
             "machine \"{}\": LinkJournal= would bind the host's own journal into the machine: the tree's /etc/machine-id {machine_id} is the host's (give the tree an id of its own, or set LinkJournal=no)",
             tree.name
@@ -247,30 +244,29 @@ fn base_env(container_uuid: &str, console: ConsoleMode) -> Vec<String> {
 fn start(
     tree: Tree,
     console: ConsoleMode,
-    child: ChildSpec,
-    notify_ready: bool,
-    kill_signal: libc::c_int,
-    keep_unit: bool,
+    planned: Planned,
+    machine: &MachineArgs,
+    resources: crate::spec::Resources,
 ) -> anyhow::Result<i32> {
+    let child = planned.child;
     // Held until berth exits; the kernel drops them even on SIGKILL. A
     // machine that cannot write its tree shares it with other such machines.
-    let access = if child.files.read_only || child.files.volatile != Volatile::No {
-        lock::TreeAccess::Shared
-    } else {
+    let access = if child.files.writes_tree() {
         lock::TreeAccess::Exclusive
+    } else {
+        lock::TreeAccess::Shared
     };
     let identity = tree.dir().identity()?;
     let _locks = lock::acquire_machine(Path::new(lock::LOCK_DIR), &tree.name, &tree.root, identity, access)?;
-    if let Some(notice) = supervisor::registration_notice(&tree.name) {
-        eprintln!("{notice}");
-    }
     let plan = Plan {
         name: tree.name.clone(),
         child,
         console,
-        notify_ready,
-        kill_signal,
-        keep_unit,
+        notify_ready: planned.notify_ready,
+        kill_signal: planned.kill_signal,
+        keep_unit: machine.keep_unit,
+        register: machine.register,
+        resources,
     };
     supervisor::run(&plan)
 }

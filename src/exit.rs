@@ -95,4 +95,21 @@ mod tests {
         assert_eq!(Killed(9).next(true, true), Next::Exit(137));
         assert_eq!(Aborted.next(false, false), Next::Exit(1));
     }
+
+    /// units/machine@.service restarts the unit on exactly berth's reboot
+    /// code, and counts it as success.
+    #[test]
+    fn the_unit_knows_the_reboot_code() {
+        let unit = include_str!("../units/machine@.service");
+        let values = |key: &str| -> Vec<i32> {
+            unit.lines()
+                .filter_map(|l| l.strip_prefix(key))
+                .flat_map(|v| v.split_whitespace().map(|n| n.parse::<i32>().unwrap()))
+                .collect()
+        };
+        assert_eq!(values("RestartForceExitStatus="), [EXIT_REBOOT]);
+        assert_eq!(values("SuccessExitStatus="), [EXIT_REBOOT]);
+        // No Restart= policy: a bad tree or settings (exit 1) is not retried.
+        assert!(!unit.lines().any(|l| l.starts_with("Restart=")));
+    }
 }

@@ -143,6 +143,17 @@ impl InRoot {
         openat2(self.fd.as_fd(), rel, how)
     }
 
+    /// Open `path` only if no component of it is a symbolic link (so the
+    /// same path joined on the host names the same file).
+    pub fn open_without_links(&self, path: &str, flags: OFlag) -> std::result::Result<OwnedFd, Errno> {
+        let rel = path.trim_start_matches('/');
+        let rel = if rel.is_empty() { "." } else { rel };
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(RESOLVE | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_XDEV);
+        openat2(self.fd.as_fd(), rel, how)
+    }
+
     /// An O_PATH descriptor of `path` (symlinks followed inside the root).
     pub fn path_fd(&self, what: &'static str, path: &str) -> Result<OwnedFd> {
         self.open_at(path, OFlag::O_PATH).map_err(|e| self.err(what, path, e))

@@ -3,6 +3,7 @@
 //! One module per concern; `main.rs` only parses the command line and
 //! prints errors. The order of a start is in [`commands`].
 
+pub mod bus;
 pub mod caps;
 pub mod cgroup;
 pub mod check;
@@ -16,6 +17,7 @@ pub mod lock;
 pub mod name;
 pub mod notify;
 pub mod protocol;
+pub mod resources;
 pub mod rootfs;
 pub mod seccomp;
 pub mod setup;

@@ -556,7 +556,7 @@ pub fn timezone(root: &InRoot, mode: Timezone) -> Result<()> {
 /// the machine. The caller refuses a machine id equal to the host's.
 pub fn link_journal(root: &InRoot, mode: LinkJournal, machine_id: &str) -> Result<()> {
     let wanted = match mode {
-        LinkJournal::No => false,
+        LinkJournal::No | LinkJournal::Guest | LinkJournal::TryGuest => false,
         LinkJournal::Auto => Path::new("/var/log/journal").is_dir(),
         LinkJournal::Host | LinkJournal::TryHost => true,
     };
@@ -579,6 +579,60 @@ pub fn link_journal(root: &InRoot, mode: LinkJournal, machine_id: &str) -> Resul
         });
     match (result, mode) {
         (Err(e), LinkJournal::Host) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// LinkJournal=guest|try-guest: the machine's journal stays in its tree
+/// (/var/log/journal/MACHINE-ID, made for `guest`), and the host gets a link
+/// to it at the same path, where `journalctl -m` looks. Run on the host,
+/// before the machine starts. The in-tree path must hold no link and stay
+/// on the tree's own file system, so the host's link names exactly that
+/// directory. An existing entry on the host is left alone (an error for
+/// `guest`, unless it is this very link).
+pub fn link_guest_journal(tree: &InRoot, mode: LinkJournal, machine_id: &str) -> Result<()> {
+    let must = match mode {
+        LinkJournal::Guest => true,
+        LinkJournal::TryGuest => false,
+        _ => return Ok(()),
+    };
+    let attempt = || -> Result<()> {
+        let host_dir = Path::new("/var/log/journal");
+        if !host_dir.is_dir() {
+            return Err(SetupError {
+                what: "linking the machine's journal into",
+                path: host_dir.into(),
+                why: "the host keeps no persistent journal there".into(),
+            });
+        }
+        let inside = format!("/var/log/journal/{machine_id}");
+        let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY;
+        // try-guest: only a tree that keeps a persistent journal.
+        if !must && tree.open_without_links("/var/log/journal", flags).is_err() {
+            return Ok(());
+        }
+        tree.mkdir_all(&inside, 0o2755)?;
+        if let Err(e) = tree.open_without_links(&inside, flags) {
+            return Err(PathError::errno("linking the journal of", tree.show(&inside), e).into());
+        }
+        let link = host_dir.join(machine_id);
+        let target = tree.show(&inside);
+        match fs::read_link(&link) {
+            Ok(t) if t == target => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !link.exists() => io_step(
+                "linking the machine's journal at",
+                &link,
+                std::os::unix::fs::symlink(&target, &link),
+            ),
+            _ => Err(SetupError {
+                what: "linking the machine's journal at",
+                path: link,
+                why: "something else is there already".into(),
+            }),
+        }
+    };
+    match attempt() {
+        Err(e) if must => Err(e),
         _ => Ok(()),
     }
 }

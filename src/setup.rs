@@ -108,6 +108,138 @@ impl ParentStep for MoveToCgroup {
     }
 }
 
+/// Register the machine with systemd-machined, its leader already in the
+/// unit's payload cgroup (berth runs as machine@NAME.service). Undone by
+/// unregistering (best effort: machined also drops it with the unit).
+pub struct RegisterMachine {
+    pub bus: std::rc::Rc<crate::bus::SystemBus>,
+    pub registration: crate::bus::Registration,
+    pub registered: bool,
+}
+
+impl ParentStep for RegisterMachine {
+    fn name(&self) -> String {
+        format!(
+            "registering machine \"{}\" with systemd-machined",
+            self.registration.name
+        )
+    }
+
+    fn run(&mut self, child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>> {
+        self.registration.leader = child.pid.as_raw() as u32;
+        // After a reboot (the unit restarted) machined may still be
+        // dropping the machine of the previous run: give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.bus.machine_exists(&self.registration.name)? && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.bus.register_machine(&self.registration)?;
+        self.registered = true;
+        Ok(vec![])
+    }
+
+    fn undo(&mut self) {
+        if std::mem::take(&mut self.registered) {
+            let _ = self.bus.unregister_machine(&self.registration.name);
+        }
+    }
+}
+
+/// Started from a shell on a systemd host: machined asks systemd for the
+/// scope machine-NAME.scope in machine.slice (delegated, device policy
+/// closed, the machine's limits) and moves the leader there; berth then
+/// moves it one level down, into scope/payload, the root of its cgroup
+/// namespace, so the limits on the scope stay out of its reach.
+pub struct CreateMachine {
+    pub bus: std::rc::Rc<crate::bus::SystemBus>,
+    pub registration: crate::bus::Registration,
+    pub properties: Vec<(&'static str, zbus::Variant<'static>)>,
+    /// The cgroup2 mount.
+    pub mount: PathBuf,
+    /// The scope, once made.
+    pub scope: Option<PathBuf>,
+}
+
+impl ParentStep for CreateMachine {
+    fn name(&self) -> String {
+        format!("creating machine \"{}\" with systemd-machined", self.registration.name)
+    }
+
+    fn run(&mut self, child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>> {
+        self.registration.leader = child.pid.as_raw() as u32;
+        // The previous boot's machine (a reboot, or a killed berth) may
+        // still be on its way out of machined.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.bus.machine_exists(&self.registration.name)? && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.bus.create_machine(&self.registration, self.properties.clone())?;
+        let text = std::fs::read_to_string(format!("/proc/{}/cgroup", child.pid))?;
+        let path = crate::cgroup::own_cgroup(&text)
+            .ok_or_else(|| anyhow::anyhow!("the machine's leader has no cgroup2 path"))?;
+        let scope = self.mount.join(path.trim_start_matches('/'));
+        let payload = scope.join("payload");
+        std::fs::create_dir(&payload).map_err(|e| anyhow::anyhow!("creating {}: {e}", payload.display()))?;
+        std::fs::write(payload.join("cgroup.procs"), child.pid.to_string())
+            .map_err(|e| anyhow::anyhow!("moving the machine into {}: {e}", payload.display()))?;
+        crate::cgroup::enable_all_controllers(&scope)?;
+        self.scope = Some(scope);
+        Ok(vec![])
+    }
+
+    fn undo(&mut self) {
+        // The scope goes when its last process has: wait for it, so the
+        // name is free for the next boot.
+        if let Some(scope) = self.scope.take() {
+            let _ = std::fs::remove_dir(scope.join("payload"));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while scope.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let _ = self.bus.unregister_machine(&self.registration.name);
+        }
+    }
+}
+
+/// The machine's limits on the unit berth runs as (runtime properties, so
+/// `systemctl show machine@NAME` shows them), above the payload cgroup.
+pub struct UnitLimits {
+    pub bus: std::rc::Rc<crate::bus::SystemBus>,
+    pub unit: String,
+    pub properties: Vec<(&'static str, zbus::Variant<'static>)>,
+}
+
+impl ParentStep for UnitLimits {
+    fn name(&self) -> String {
+        format!("setting the limits of {}", self.unit)
+    }
+
+    fn run(&mut self, _child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>> {
+        if !self.properties.is_empty() {
+            self.bus.set_unit_properties(&self.unit, self.properties.clone())?;
+        }
+        Ok(vec![])
+    }
+}
+
+/// The machine's limits written into berth's own cgroup above the payload
+/// (hosts without systemd).
+pub struct CgroupLimits {
+    pub cgroup: PathBuf,
+    pub files: Vec<(&'static str, String)>,
+}
+
+impl ParentStep for CgroupLimits {
+    fn name(&self) -> String {
+        format!("setting the limits of {}", self.cgroup.display())
+    }
+
+    fn run(&mut self, _child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>> {
+        crate::cgroup::apply_limits(&self.cgroup, &self.files)?;
+        Ok(vec![])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,22 +142,32 @@ impl Drop for Pending {
 }
 
 /// Clone the machine's PID 1 into its namespaces and, when the kernel can,
-/// directly into `cgroup`. The child waits for `Pending::go`.
-pub fn start(spec: &ChildSpec, cgroup: &Path) -> Result<Pending, SpawnError> {
+/// directly into `cgroup` (None: a parent step places it, e.g. machined's
+/// scope). The child waits for `Pending::go`.
+pub fn start(spec: &ChildSpec, cgroup: Option<&Path>) -> Result<Pending, SpawnError> {
     let (parent, child) = protocol::pair().map_err(SpawnError::Channel)?;
-    let cgroup_fd = open(
-        cgroup,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|source| SpawnError::OpenCgroup {
-        path: cgroup.into(),
-        source,
-    })?;
+    let cgroup_fd = match cgroup {
+        Some(cgroup) => Some(
+            open(
+                cgroup,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|source| SpawnError::OpenCgroup {
+                path: cgroup.into(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
     // Preferred: the child is born in its cgroup, and its cgroup namespace is
     // rooted there (clone3 with CLONE_INTO_CGROUP, Linux 5.7). Otherwise a
     // parent step moves it, and the child unshares its cgroup namespace after.
-    let (cloned, in_cgroup) = match sys::clone_process(NAMESPACES | libc::CLONE_NEWCGROUP, Some(cgroup_fd.as_fd())) {
+    let born_in = match &cgroup_fd {
+        Some(fd) => sys::clone_process(NAMESPACES | libc::CLONE_NEWCGROUP, Some(fd.as_fd())),
+        None => Err(std::io::Error::from_raw_os_error(libc::ENOSYS)),
+    };
+    let (cloned, in_cgroup) = match born_in {
         Ok(c) => (c, true),
         Err(e)
             if matches!(

@@ -21,6 +21,11 @@ pub enum LinkJournal {
     Host,
     /// Host, but a failure is not fatal.
     TryHost,
+    /// Kept in the tree (/var/log/journal/MACHINE-ID), and a link to it
+    /// at the same path on the host.
+    Guest,
+    /// Guest, but a failure is not fatal.
+    TryGuest,
 }
 
 /// [Exec] Timezone=.
@@ -84,6 +89,8 @@ impl Choice for LinkJournal {
         ("auto", Self::Auto),
         ("host", Self::Host),
         ("try-host", Self::TryHost),
+        ("guest", Self::Guest),
+        ("try-guest", Self::TryGuest),
     ];
 }
 impl Choice for Timezone {
@@ -206,6 +213,7 @@ pub type Limit = Option<u64>;
 pub struct Resources {
     pub memory_max: Option<Limit>,
     pub memory_high: Option<Limit>,
+    pub memory_swap_max: Option<Limit>,
     pub cpu_quota_percent: Option<u64>,
     pub cpu_weight: Option<u64>,
     pub tasks_max: Option<Limit>,
@@ -324,6 +332,7 @@ impl MachineSpec {
                     ("Network", "Port") => n.ports.push(text(v)?.to_string()),
                     ("Resources", "MemoryMax") => r.memory_max = Some(limit(v)?),
                     ("Resources", "MemoryHigh") => r.memory_high = Some(limit(v)?),
+                    ("Resources", "MemorySwapMax") => r.memory_swap_max = Some(limit(v)?),
                     ("Resources", "CPUQuota") => match v {
                         Value::Percent(p) => r.cpu_quota_percent = Some(*p),
                         other => return Err(format!("expected a percentage, got {other:?}")),
@@ -394,7 +403,7 @@ mod tests {
             ("Network", "Address") => "10.0.0.2/24",
             ("Network", "Gateway") | ("Network", "DNS") => "10.0.0.1",
             ("Network", "Port") => "8080:80",
-            ("Resources", "MemoryMax") | ("Resources", "MemoryHigh") => "1G",
+            ("Resources", "MemoryMax") | ("Resources", "MemoryHigh") | ("Resources", "MemorySwapMax") => "1G",
             ("Resources", "CPUQuota") => "50%",
             ("Resources", "CPUWeight") | ("Resources", "IOWeight") => "100",
             ("Resources", "TasksMax") => "512",

@@ -20,7 +20,7 @@ use crate::exit::{ExitReason, Next};
 use crate::name::MachineName;
 use crate::notify;
 use crate::protocol::{Channel, ToParent};
-use crate::setup::{MoveToCgroup, ParentSetup};
+use crate::setup::{CgroupLimits, CreateMachine, MoveToCgroup, ParentSetup, ParentStep, RegisterMachine, UnitLimits};
 use crate::spawn::{self, ChildSpec};
 
 /// A machine ready to be started: checked input, nothing created yet.
@@ -36,6 +36,21 @@ pub struct Plan {
     /// berth runs as a unit's main process: split the unit's cgroup, and
     /// leave reboots to systemd (exit 133).
     pub keep_unit: bool,
+    /// Register with systemd-machined when the host runs systemd.
+    pub register: bool,
+    /// [Resources].
+    pub resources: crate::spec::Resources,
+}
+
+/// Where the machine's cgroup comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// berth is a unit's main process: the unit's cgroup, split.
+    Unit,
+    /// A shell on a systemd host: machined's scope.
+    SystemdScope,
+    /// No systemd: berth's own scope.
+    Own,
 }
 
 /// Run the machine until it ends for good; returns berth's exit code.
@@ -81,17 +96,85 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
         _ => None,
     };
 
+    let bus = if plan.register {
+        crate::bus::SystemBus::connect()?.map(std::rc::Rc::new)
+    } else {
+        None
+    };
+    if plan.register && bus.is_none() {
+        eprintln!(
+            "berth: no D-Bus system bus on this host; machine \"{}\" is not registered with systemd-machined",
+            plan.name
+        );
+    }
+    let placement = if plan.keep_unit {
+        Placement::Unit
+    } else if bus.is_some() && crate::bus::systemd_booted() {
+        Placement::SystemdScope
+    } else {
+        Placement::Own
+    };
+    let registration = crate::bus::Registration {
+        name: plan.name.to_string(),
+        id: crate::bus::id_bytes(&child.machine_id),
+        leader: 0,
+        root_directory: child.tree.show("/"),
+        ifindices: vec![],
+    };
+    let unit_name = own_cgroup.rsplit('/').next().unwrap_or_default().to_string();
+    crate::rootfs::link_guest_journal(&child.tree, child.link_journal, &child.machine_id)
+        .map_err(|e| anyhow::anyhow!("machine \"{}\": {e}", plan.name))?;
+
     loop {
-        let cg = cgroup::prepare(&cg_mount, &own_cgroup, plan.keep_unit, &plan.name)?;
         // The parent steps, in order, between clone and Go.
-        let mut setup = ParentSetup::new(vec![Box::new(MoveToCgroup {
-            cgroup: cg.payload.clone(),
-        })]);
-        let outcome = boot_once(plan, &child, &cg.payload, &mut setup, &sfd, pty.as_ref());
+        let mut steps: Vec<Box<dyn ParentStep>> = Vec::new();
+        let cg = match placement {
+            Placement::SystemdScope => None,
+            Placement::Unit | Placement::Own => {
+                Some(cgroup::prepare(&cg_mount, &own_cgroup, plan.keep_unit, &plan.name)?)
+            }
+        };
+        match (&cg, &bus) {
+            (Some(cg), Some(bus)) if placement == Placement::Unit => {
+                steps.push(Box::new(MoveToCgroup {
+                    cgroup: cg.payload.clone(),
+                }));
+                steps.push(Box::new(UnitLimits {
+                    bus: bus.clone(),
+                    unit: unit_name.clone(),
+                    properties: crate::resources::unit_properties(&plan.resources),
+                }));
+                steps.push(Box::new(RegisterMachine {
+                    bus: bus.clone(),
+                    registration: registration.clone(),
+                    registered: false,
+                }));
+            }
+            (Some(cg), _) => {
+                steps.push(Box::new(MoveToCgroup {
+                    cgroup: cg.payload.clone(),
+                }));
+                steps.push(Box::new(CgroupLimits {
+                    cgroup: cg.limits.clone(),
+                    files: crate::resources::cgroup_files(&plan.resources),
+                }));
+            }
+            (None, Some(bus)) => steps.push(Box::new(CreateMachine {
+                bus: bus.clone(),
+                registration: registration.clone(),
+                properties: scope_properties(plan),
+                mount: cg_mount.clone(),
+                scope: None,
+            })),
+            (None, None) => unreachable!("a systemd scope needs the bus"),
+        }
+        let mut setup = ParentSetup::new(steps);
+        let payload = cg.as_ref().map(|c| c.payload.as_path());
+        let outcome = boot_once(plan, &child, payload, &mut setup, &sfd, pty.as_ref());
         // The machine is gone (or never came): what the steps set up is
         // undone, last first, and its cgroup goes too.
         setup.undo_all();
-        let removed = cg.remove();
+        let removed = cg.as_ref().map_or(Ok(()), |c| c.remove());
         let outcome = outcome?;
         removed?;
         match outcome.reason.next(plan.keep_unit, outcome.stopping) {
@@ -106,10 +189,30 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
 
 /// Clone the init, run the parent steps, let it go, and supervise it until
 /// it ends. A failed step kills the pending child (`Pending` on drop).
+/// The properties of the scope machined makes for a machine started from a
+/// shell: what machine@.service says for a unit.
+fn scope_properties(plan: &Plan) -> Vec<(&'static str, zbus::Variant<'static>)> {
+    use zbus::Variant;
+    let mut p: Vec<(&'static str, Variant<'static>)> = vec![
+        ("Description", Variant::from(format!("Machine {} (berth)", plan.name))),
+        ("Delegate", Variant::from(true)),
+        ("DevicePolicy", Variant::from("closed")),
+        (
+            "DeviceAllow",
+            Variant::from(vec![("/dev/net/tun", "rwm"), ("char-pts", "rw")]),
+        ),
+        ("TasksMax", Variant::from(cgroup::TASKS_MAX as u64)),
+    ];
+    let limits = crate::resources::unit_properties(&plan.resources);
+    p.retain(|(n, _)| !limits.iter().any(|(l, _)| l == n));
+    p.extend(limits);
+    p
+}
+
 fn boot_once(
     plan: &Plan,
     child: &ChildSpec,
-    cgroup: &Path,
+    cgroup: Option<&Path>,
     setup: &mut ParentSetup,
     sfd: &SignalFd,
     pty: Option<&Pty>,
@@ -165,7 +268,23 @@ impl<'a> Boot<'a> {
 
     fn run(mut self) -> anyhow::Result<Outcome> {
         notify::upstream(false, Some(&format!("Booting machine {}", self.plan.name)));
+        // Under a unit with WatchdogSec=, berth tells systemd it is alive
+        // from this loop, at half the interval.
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut next_ping = Instant::now();
         loop {
+            let timeout = match watchdog {
+                Some(every) => {
+                    let now = Instant::now();
+                    if now >= next_ping {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                        next_ping = now + every;
+                    }
+                    let left = next_ping.saturating_duration_since(now);
+                    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+                }
+                None => PollTimeout::NONE,
+            };
             let stdin = std::io::stdin();
             let mut sources: Vec<(Source, BorrowedFd)> = vec![(Source::Signal, self.sfd.as_fd())];
             if let Some(c) = &self.chan {
@@ -184,7 +303,7 @@ impl<'a> Boot<'a> {
                 .iter()
                 .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN))
                 .collect();
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, timeout) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 r => r.context("waiting for events")?,
             };
@@ -362,12 +481,4 @@ enum Source {
     Notify,
     Console,
     Stdin,
-}
-
-/// Notice printed when there is no system bus (no machined to register with).
-pub fn registration_notice(name: &MachineName) -> Option<String> {
-    let bus = Path::new("/run/dbus/system_bus_socket");
-    (!bus.exists()).then(|| {
-        format!("berth: no D-Bus system bus on this host; machine \"{name}\" is not registered with systemd-machined")
-    })
 }

@@ -120,10 +120,10 @@ pub static KEYS: &[KeyDef] = &[
     key("Exec", "Timezone", Choice(&["auto", "off", "bind", "copy"]))
         .default("off")
         .describe("The host's time zone in the machine: read-only over /etc/localtime (bind), copied into the tree (copy), bound only over a plain file (auto) or the tree's own (off)"),
-    key("Exec", "LinkJournal", Choice(&["no", "auto", "host", "try-host"]))
+    key("Exec", "LinkJournal", Choice(&["no", "auto", "host", "try-host", "guest", "try-guest"]))
         .privileged()
         .default("no")
-        .describe("Keep the machine's journal on the host in /var/log/journal/MACHINE-ID (host; try-host ignores failures; auto only when the host keeps a persistent journal)"),
+        .describe("Make the machine's journal visible to the host's journalctl -m at /var/log/journal/MACHINE-ID: kept on the host and bound in (host), or kept in the tree and linked from the host (guest); try-host and try-guest ignore failures; auto is host when the host keeps a persistent journal"),
     key("Exec", "WorkingDirectory", AbsolutePath)
         .default("/")
         .describe("The directory the first process starts in, a path inside the machine"),
@@ -201,27 +201,24 @@ pub static KEYS: &[KeyDef] = &[
     // [Resources]: applied by the systemd issue.
     key("Resources", "MemoryMax", Size)
         .privileged()
-        .later()
-        .describe("The most memory the machine may use, like 2G (K, M, G, T: powers of 1024), or infinity"),
+        .describe("The most memory the machine may use, like 2G (K, M, G, T: powers of 1024), or infinity; past it the kernel's OOM killer acts inside the machine"),
     key("Resources", "MemoryHigh", Size)
         .privileged()
-        .later()
         .describe("The memory use above which the machine is slowed down and reclaimed from, like 1G, or infinity"),
+    key("Resources", "MemorySwapMax", Size)
+        .privileged()
+        .describe("The most swap the machine may use, like 1G, or infinity"),
     key("Resources", "CPUQuota", Percent)
         .privileged()
-        .later()
         .describe("The CPU time the machine may use, in percent of one CPU (200% is two)"),
     key("Resources", "CPUWeight", Weight)
         .privileged()
-        .later()
         .describe("The machine's share of CPU time when CPUs are contended, 1 to 10000"),
     key("Resources", "TasksMax", Count)
         .privileged()
-        .later()
-        .describe("The most processes and threads the machine may have"),
+        .describe("The most processes and threads the machine may have, or infinity (default: 16384, as systemd-nspawn's template)"),
     key("Resources", "IOWeight", Weight)
         .privileged()
-        .later()
         .describe("The machine's share of block I/O when devices are contended, 1 to 10000"),
 ];
 

@@ -61,6 +61,8 @@ pub struct Settings {
     /// Index into KEYS -> values (one for a plain key, a list for a
     /// repeatable one), in table order.
     values: BTreeMap<usize, Vec<Sourced>>,
+    /// Keys an empty assignment cleared (an explicit "none" in a file).
+    cleared: std::collections::BTreeSet<usize>,
     pub file: Option<SettingsFile>,
 }
 
@@ -103,6 +105,12 @@ impl Settings {
 
     fn clear(&mut self, def: &KeyDef) {
         self.values.remove(&index_of(def));
+        self.cleared.insert(index_of(def));
+    }
+
+    /// Whether an empty assignment cleared the key.
+    fn cleared(&self, def: &KeyDef) -> bool {
+        self.cleared.contains(&index_of(def))
     }
 
     /// Set a key to one value, replacing what it had (e.g. trailing
@@ -329,12 +337,39 @@ pub fn load(
     explicit: Option<&Path>,
     flags: &[(&'static KeyDef, Vec<String>)],
 ) -> Result<Settings, ConfigError> {
+    load_with(name, tree_root, explicit, flags, false)
+}
+
+/// `load`, where `flags_are_defaults` makes the file win over the flags
+/// (a unit's ExecStart= gives defaults; the admin's file overrides them).
+pub fn load_with(
+    name: &str,
+    tree_root: &Path,
+    explicit: Option<&Path>,
+    flags: &[(&'static KeyDef, Vec<String>)],
+    flags_are_defaults: bool,
+) -> Result<Settings, ConfigError> {
     let mut settings = Settings::default();
     let mut errors = Vec::new();
-    if let Some(file) = locate(name, tree_root, explicit) {
-        load_file(&mut settings, &file, &mut errors);
+    if flags_are_defaults {
+        apply_flags(&mut settings, flags, &mut errors);
     }
-    apply_flags(&mut settings, flags, &mut errors);
+    if let Some(file) = locate(name, tree_root, explicit) {
+        let mut from_file = Settings::default();
+        load_file(&mut from_file, &file, &mut errors);
+        // What the file sets replaces the key as a whole.
+        for def in KEYS {
+            let values = from_file.all(def.section, def.key);
+            if !values.is_empty() || from_file.cleared(def) {
+                settings.clear(def);
+                values.iter().for_each(|v| settings.push(def, v.clone()));
+            }
+        }
+        settings.file = from_file.file;
+    }
+    if !flags_are_defaults {
+        apply_flags(&mut settings, flags, &mut errors);
+    }
     if errors.is_empty() {
         Ok(settings)
     } else {
@@ -531,6 +566,32 @@ mod tests {
                 big.display()
             )]
         );
+    }
+
+    #[test]
+    fn flags_as_defaults_lose_to_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("web");
+        std::fs::create_dir(&tree).unwrap();
+        let file = t.path().join("web.conf");
+        std::fs::write(&file, "[Exec]\nLinkJournal=no\n[Files]\nBind=\n").unwrap();
+        let lj = keys::find("Exec", "LinkJournal").unwrap();
+        let tz = keys::find("Exec", "Timezone").unwrap();
+        let bind = keys::find("Files", "Bind").unwrap();
+        let flags = [
+            (lj, vec!["try-guest".to_string()]),
+            (tz, vec!["bind".to_string()]),
+            (bind, vec!["/tmp:/mnt".to_string()]),
+        ];
+        let s = load_with("web", &tree, Some(&file), &flags, true).unwrap();
+        assert_eq!(s.text("Exec", "LinkJournal"), Some("no"));
+        assert_eq!(s.text("Exec", "Timezone"), Some("bind"));
+        assert!(
+            s.all("Files", "Bind").is_empty(),
+            "an empty assignment in the file clears the flag's list"
+        );
+        let s = load_with("web", &tree, Some(&file), &flags, false).unwrap();
+        assert_eq!(s.text("Exec", "LinkJournal"), Some("try-guest"));
     }
 
     #[test]
