@@ -12,6 +12,7 @@ use crate::config::keys::KeyDef;
 use crate::config::value::Value;
 use crate::config::{self, Origin, Settings, Sourced};
 use crate::console::ConsoleMode;
+use crate::halt::Halt;
 use crate::lock;
 use crate::name::MachineName;
 use crate::signals;
@@ -26,6 +27,7 @@ type Flags = [(&'static KeyDef, Vec<String>)];
 
 pub fn boot(args: BootArgs, flags: &Flags) -> anyhow::Result<i32> {
     let (name, root) = tree::resolve_name(args.machine.name.as_deref(), args.machine.directory.as_deref())?;
+    crate::log::set_machine(name.as_str());
     let mut settings = config::load_with(
         name.as_str(),
         &root,
@@ -54,6 +56,7 @@ pub fn boot(args: BootArgs, flags: &Flags) -> anyhow::Result<i32> {
 /// comes from the command line and runs under berth's stub init.
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let (name, root) = tree::resolve_name(args.machine.name.as_deref(), args.machine.directory.as_deref())?;
+    crate::log::set_machine(name.as_str());
     let settings = config::load(name.as_str(), &root, args.machine.config.as_deref(), &[])?;
     let spec = machine_spec(&name, &settings)?;
     let (tree, console) = open_machine(name, root, &args.machine, "run", false)?;
@@ -70,7 +73,7 @@ fn machine_spec(name: &MachineName, settings: &Settings) -> anyhow::Result<Machi
 struct Planned {
     child: ChildSpec,
     notify_ready: bool,
-    kill_signal: libc::c_int,
+    halt: Halt,
 }
 
 /// What the machine's PID 1 gets, from the typed spec and the tree.
@@ -127,9 +130,16 @@ fn plan_child(
         set_env(&mut env, e);
     }
     let is_init = matches!(payload, Payload::Init { .. });
-    let kill_signal = exec
-        .kill_signal
-        .unwrap_or(if is_init { signals::rtmin_plus(3) } else { libc::SIGTERM });
+    // How the init is asked to halt: KillSignal= if set; systemd's
+    // SIGRTMIN+3; sysvinit's runlevel 0 (see halt.rs); a command's SIGTERM.
+    let halt = match (exec.kill_signal, &payload) {
+        (Some(sig), _) => Halt::Signal(sig),
+        (None, Payload::Init { path, .. }) if crate::halt::is_systemd(&tree.dir(), path) => {
+            Halt::Signal(signals::rtmin_plus(3))
+        }
+        (None, Payload::Init { .. }) => Halt::Initctl,
+        (None, Payload::Command { .. }) => Halt::Signal(libc::SIGTERM),
+    };
     let mut user = None;
     if let Some((name, origin)) = &exec.user {
         if is_init {
@@ -167,7 +177,7 @@ fn plan_child(
     Ok(Planned {
         child,
         notify_ready: is_init && exec.notify_ready,
-        kill_signal,
+        halt,
     })
 }
 
@@ -189,9 +199,13 @@ fn refuse_unapplied(name: &MachineName, settings: &Settings) -> anyhow::Result<(
     }
     for (def, s) in settings.entries() {
         if def.later {
-            eprintln!(
-                "berth: note: {}: [{}] {}={} is checked but not applied yet (machine \"{name}\")",
-                s.origin, def.section, def.key, s.value
+            tracing::info!(
+                machine = %name,
+                "note: {}: [{}] {}={} is checked but not applied yet (machine \"{name}\")",
+                s.origin,
+                def.section,
+                def.key,
+                s.value
             );
         }
     }
@@ -263,7 +277,7 @@ fn start(
         child,
         console,
         notify_ready: planned.notify_ready,
-        kill_signal: planned.kill_signal,
+        halt: planned.halt,
         keep_unit: machine.keep_unit,
         register: machine.register,
         resources,

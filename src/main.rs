@@ -1,6 +1,7 @@
 use berth::cli::Command;
 
 fn main() {
+    berth::log::init();
     let invocation = berth::cli::parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let flags = invocation.settings;
     let result = match invocation.cli.command {
@@ -11,7 +12,12 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("berth: {e:#}");
+            // The failing parent step, when it was one, as a field of its own.
+            let step = e
+                .downcast_ref::<berth::setup::StepError>()
+                .map(|s| s.step.clone())
+                .unwrap_or_default();
+            tracing::error!(machine = berth::log::machine(), step, "{e:#}");
             std::process::exit(berth::exit::EXIT_FAILURE);
         }
     }

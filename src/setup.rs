@@ -34,7 +34,9 @@ pub trait ParentStep {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{step}: {cause:#}")]
+/// A failed step: its name; the cause follows in the error's chain (so
+/// `{:#}` reads "STEP: CAUSE").
+#[error("{step}")]
 pub struct StepError {
     pub step: String,
     #[source]
@@ -297,7 +299,7 @@ mod tests {
         let log = Rc::new(RefCell::new(Vec::new()));
         let mut setup = steps(&log, &[("cgroup", false), ("veth", false), ("bridge", true)]);
         let e = setup.run(child).unwrap_err();
-        assert_eq!(e.to_string(), "bridge: no such bridge");
+        assert_eq!(format!("{:#}", anyhow::Error::from(e)), "bridge: no such bridge");
         assert_eq!(
             *log.borrow(),
             [

@@ -32,7 +32,7 @@ pub struct Plan {
     /// Wait for the init's READY=1 before reporting ready upstream.
     pub notify_ready: bool,
     /// Signal asking the init for an orderly shutdown.
-    pub kill_signal: libc::c_int,
+    pub halt: crate::halt::Halt,
     /// berth runs as a unit's main process: split the unit's cgroup, and
     /// leave reboots to systemd (exit 133).
     pub keep_unit: bool,
@@ -102,8 +102,9 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
         None
     };
     if plan.register && bus.is_none() {
-        eprintln!(
-            "berth: no D-Bus system bus on this host; machine \"{}\" is not registered with systemd-machined",
+        tracing::info!(
+            machine = %plan.name,
+            "no D-Bus system bus on this host; machine \"{}\" is not registered with systemd-machined",
             plan.name
         );
     }
@@ -220,7 +221,7 @@ fn boot_once(
     let pending = spawn::start(child, cgroup)?;
     let fds = setup
         .run(pending.handle())
-        .map_err(|e| anyhow::anyhow!("machine \"{}\": {e}", plan.name))?;
+        .map_err(|e| anyhow::Error::from(e).context(format!("machine \"{}\"", plan.name)))?;
     let (leader, chan) = pending.go(fds)?;
     Boot::new(plan, leader, chan, sfd, pty).run()
 }
@@ -370,11 +371,27 @@ impl<'a> Boot<'a> {
                 self.stop_requests += 1;
                 // Before the init runs, a polite signal would be lost: kill.
                 let polite = self.stop_requests == 1 && self.chan.is_none();
-                let sig = if polite { self.plan.kill_signal } else { libc::SIGKILL };
-                if polite {
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                if !polite {
+                    let _ = crate::sys::send_signal(self.leader.as_raw(), libc::SIGKILL);
+                    return Ok(None);
                 }
-                let _ = crate::sys::send_signal(self.leader.as_raw(), sig);
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                match self.plan.halt {
+                    crate::halt::Halt::Signal(sig) => {
+                        let _ = crate::sys::send_signal(self.leader.as_raw(), sig);
+                    }
+                    crate::halt::Halt::Initctl => {
+                        if let Err(e) = crate::halt::request_halt(self.leader) {
+                            // The init's halt is its own: berth waits for the
+                            // stop timeout or a second request, which kills.
+                            tracing::warn!(
+                                machine = %self.plan.name,
+                                "cannot ask machine \"{}\"'s init to halt through /run/initctl: {e}",
+                                self.plan.name
+                            );
+                        }
+                    }
+                }
             }
             Ok(Signal::SIGWINCH) => {
                 if let Some(p) = self.pty {
