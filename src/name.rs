@@ -1,5 +1,6 @@
 //! Machine names: they become the hostname, a lock file name, a cgroup name
-//! and (later) machined's registry key, so they follow machined's rules.
+//! and machined's registry key, so they follow machined's rules (those of
+//! a hostname: letters, digits, '-' and '.'; systemd-nspawn's too).
 
 use std::fmt;
 
@@ -39,9 +40,11 @@ impl MachineName {
         }
         if !name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
         {
-            return Err(bad("only letters, digits, '-', '_' and '.' are allowed"));
+            return Err(bad(
+                "only letters, digits, '-' and '.' are allowed, as in a hostname (systemd-machined's rule)",
+            ));
         }
         Ok(MachineName(name.to_string()))
     }
@@ -63,7 +66,7 @@ mod tests {
 
     #[test]
     fn accepts_hostnames() {
-        for n in ["debian", "web-1", "a.b_c", "X9", &"a".repeat(64)] {
+        for n in ["debian", "web-1", "a.b-c", "X9", &"a".repeat(64)] {
             assert_eq!(MachineName::parse(n).unwrap().as_str(), n);
         }
     }
@@ -77,8 +80,18 @@ mod tests {
             ("a..b", "it must not be '.' or contain '..'"),
             (".hidden", "it must not start with '-' or '.'"),
             ("-x", "it must not start with '-' or '.'"),
-            ("caf\u{e9}", "only letters, digits, '-', '_' and '.' are allowed"),
-            ("a b", "only letters, digits, '-', '_' and '.' are allowed"),
+            (
+                "caf\u{e9}",
+                "only letters, digits, '-' and '.' are allowed, as in a hostname (systemd-machined's rule)",
+            ),
+            (
+                "web_1",
+                "only letters, digits, '-' and '.' are allowed, as in a hostname (systemd-machined's rule)",
+            ),
+            (
+                "a b",
+                "only letters, digits, '-' and '.' are allowed, as in a hostname (systemd-machined's rule)",
+            ),
         ];
         for (n, why) in cases {
             assert_eq!(MachineName::parse(n).unwrap_err().why, why, "{n:?}");

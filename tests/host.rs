@@ -359,7 +359,7 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
         (vec!["boot", "t-badinit", "-D", t, "--init", "/etc/os-release"], format!("berth: machine \"t-badinit\": init /etc/os-release is not an executable file in {t}")),
         (vec!["boot", "a/b"], "berth: invalid machine name \"a/b\": it must not contain '/'".into()),
         (vec!["boot", ".."], "berth: invalid machine name \"..\": it must not be '.' or contain '..'".into()),
-        (vec!["boot", "bad name!"], "berth: invalid machine name \"bad name!\": only letters, digits, '-', '_' and '.' are allowed".into()),
+        (vec!["boot", "bad name!"], "berth: invalid machine name \"bad name!\": only letters, digits, '-' and '.' are allowed, as in a hostname (systemd-machined's rule)".into()),
         (vec!["boot", "t-sig", "-D", t, "--kill-signal", "SIGNOPE"], "berth: --kill-signal=SIGNOPE: not a signal: expected a name like SIGTERM or SIGRTMIN+3, or a number".into()),
     ];
     for (args, want) in cases {

@@ -447,7 +447,7 @@ mod tests {
         apply_flags(&mut s, &[(host, vec!["bad name".into()])], &mut errors);
         assert_eq!(
             errors,
-            ["--hostname=bad name: only letters, digits, '-', '_' and '.' are allowed"]
+            ["--hostname=bad name: only letters, digits, '-' and '.' are allowed, as in a hostname (systemd-machined's rule)"]
         );
     }
 
