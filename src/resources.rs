@@ -43,7 +43,19 @@ pub fn unit_properties(r: &Resources) -> Vec<(&'static str, Variant<'static>)> {
     if let Some(w) = r.io_weight {
         p.push(("IOWeight", Variant::from(w)));
     }
+    if let Some(cpus) = &r.allowed_cpus {
+        p.push(("AllowedCPUs", Variant::from(cpu_mask(cpus))));
+    }
     p
+}
+
+/// systemd's CPU set: a bit mask, CPU n at bit n % 8 of byte n / 8.
+fn cpu_mask(cpus: &[u32]) -> Vec<u8> {
+    let mut mask = vec![0u8; cpus.iter().max().map_or(0, |m| *m as usize / 8 + 1)];
+    for c in cpus {
+        mask[*c as usize / 8] |= 1 << (c % 8);
+    }
+    mask
 }
 
 /// The cgroupfs files (and values) of the limits set.
@@ -67,6 +79,9 @@ pub fn cgroup_files(r: &Resources) -> Vec<(&'static str, String)> {
     if let Some(w) = r.io_weight {
         f.push(("io.weight", format!("default {w}")));
     }
+    if let Some(cpus) = &r.allowed_cpus {
+        f.push(("cpuset.cpus", crate::config::value::format_cpu_list(cpus)));
+    }
     f
 }
 
@@ -83,6 +98,7 @@ mod tests {
             cpu_weight: Some(200),
             tasks_max: Some(Some(64)),
             io_weight: None,
+            allowed_cpus: Some(vec![0, 1, 9]),
         }
     }
 
@@ -96,6 +112,7 @@ mod tests {
                 ("pids.max", "64".to_string()),
                 ("cpu.max", "150000 100000".to_string()),
                 ("cpu.weight", "200".to_string()),
+                ("cpuset.cpus", "0-1,9".to_string()),
             ]
         );
         assert!(cgroup_files(&Resources::default()).is_empty());
@@ -107,8 +124,16 @@ mod tests {
         let names: Vec<&str> = p.iter().map(|(n, _)| *n).collect();
         assert_eq!(
             names,
-            ["MemoryMax", "MemoryHigh", "TasksMax", "CPUQuotaPerSecUSec", "CPUWeight"]
+            [
+                "MemoryMax",
+                "MemoryHigh",
+                "TasksMax",
+                "CPUQuotaPerSecUSec",
+                "CPUWeight",
+                "AllowedCPUs"
+            ]
         );
+        assert_eq!(p[5].1, Variant::from(vec![0b0000_0011u8, 0b0000_0010]));
         assert_eq!(p[0].1, Variant::from(536870912u64));
         assert_eq!(p[1].1, Variant::from(u64::MAX));
         assert_eq!(p[3].1, Variant::from(1_500_000u64));

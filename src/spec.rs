@@ -218,6 +218,7 @@ pub struct Resources {
     pub cpu_weight: Option<u64>,
     pub tasks_max: Option<Limit>,
     pub io_weight: Option<u64>,
+    pub allowed_cpus: Option<Vec<u32>>,
 }
 
 /// A machine, as its settings describe it.
@@ -340,6 +341,7 @@ impl MachineSpec {
                     ("Resources", "CPUWeight") => r.cpu_weight = Some(number(v)?),
                     ("Resources", "TasksMax") => r.tasks_max = Some(limit(v)?),
                     ("Resources", "IOWeight") => r.io_weight = Some(number(v)?),
+                    ("Resources", "AllowedCPUs") => r.allowed_cpus = Some(crate::config::value::cpu_list(text(v)?)?),
                     (section, key) => {
                         return Err(format!(
                             "[{section}] {key} has no place in berth's description of a machine (a bug)"
@@ -407,6 +409,7 @@ mod tests {
             ("Resources", "CPUQuota") => "50%",
             ("Resources", "CPUWeight") | ("Resources", "IOWeight") => "100",
             ("Resources", "TasksMax") => "512",
+            ("Resources", "AllowedCPUs") => "0-1",
             _ => "yes",
         }
     }

@@ -217,6 +217,9 @@ pub static KEYS: &[KeyDef] = &[
     key("Resources", "TasksMax", Count)
         .privileged()
         .describe("The most processes and threads the machine may have, or infinity (default: 16384, as systemd-nspawn's template)"),
+    key("Resources", "AllowedCPUs", CpuList)
+        .privileged()
+        .describe("The CPUs the machine may run on, like 0-3,6"),
     key("Resources", "IOWeight", Weight)
         .privileged()
         .describe("The machine's share of block I/O when devices are contended, 1 to 10000"),

@@ -29,6 +29,7 @@ pub enum Kind {
     Percent,
     Weight,
     Count,
+    CpuList,
 }
 
 /// A bind mount: host `source` shown at `target` inside the machine.
@@ -130,6 +131,7 @@ pub fn parse(kind: Kind, text: &str) -> Parsed {
             _ => Err("expected a weight from 1 to 10000".into()),
         },
         Kind::Count => count(text).map(Value::Limit),
+        Kind::CpuList => cpu_list(text).map(|cpus| Value::Text(format_cpu_list(&cpus))),
     }
 }
 
@@ -418,6 +420,48 @@ fn percent(text: &str) -> Result<u64, String> {
     }
 }
 
+/// The most CPUs a list may name (CPU numbers below this).
+pub const MAX_CPUS: u32 = 8192;
+
+/// A CPU list as cpuset.cpus writes it: "0-3,6". Sorted, without repeats.
+pub fn cpu_list(text: &str) -> Result<Vec<u32>, String> {
+    let bad = || format!("expected CPU numbers and ranges below {MAX_CPUS}, like 0-3,6");
+    let mut cpus = Vec::new();
+    for part in text.split([',', ' ']).filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if a > b || b >= MAX_CPUS {
+            return Err(bad());
+        }
+        cpus.extend(a..=b);
+    }
+    if cpus.is_empty() {
+        return Err(bad());
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// "0-3,6" for [0, 1, 2, 3, 6].
+pub fn format_cpu_list(cpus: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
+            i += 1;
+        }
+        out.push(if cpus[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", cpus[i])
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
 fn count(text: &str) -> Result<Option<u64>, String> {
     if text == "infinity" {
         return Ok(None);
@@ -461,6 +505,17 @@ mod tests {
             "unknown option \"loud\" (expected ro, rw, nosuid, nodev, noexec, rbind, norbind)"
         );
         assert!(parse(Kind::BindMount, "/srv:/run/hostname").is_ok());
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(cpu_list("0-3,6"), Ok(vec![0, 1, 2, 3, 6]));
+        assert_eq!(cpu_list("6,0-1,1"), Ok(vec![0, 1, 6]));
+        assert_eq!(format_cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
+        for bad in ["", "3-1", "x", "0-9000", "-1"] {
+            assert!(cpu_list(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse(Kind::CpuList, "2,0-1"), Ok(Value::Text("0-2".into())));
     }
 
     #[test]
