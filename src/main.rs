@@ -17,7 +17,16 @@ fn main() {
                 .downcast_ref::<berth::setup::StepError>()
                 .map(|s| s.step.clone())
                 .unwrap_or_default();
-            tracing::error!(machine = berth::log::machine(), step, "{e:#}");
+            // And the OS error behind it, when there is one.
+            let errno = e
+                .chain()
+                .find_map(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .and_then(|io| io.raw_os_error())
+                        .or_else(|| c.downcast_ref::<nix::errno::Errno>().map(|n| *n as i32))
+                })
+                .unwrap_or(0);
+            tracing::error!(machine = berth::log::machine(), step, errno, "{e:#}");
             std::process::exit(berth::exit::EXIT_FAILURE);
         }
     }
