@@ -13,19 +13,14 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             // The failing parent step, when it was one, as a field of its own.
-            let step = e
-                .downcast_ref::<berth::setup::StepError>()
-                .map(|s| s.step.clone())
-                .unwrap_or_default();
+            let step = e.downcast_ref::<berth::setup::StepError>().map(|s| s.step.clone());
             // And the OS error behind it, when there is one.
-            let errno = e
-                .chain()
-                .find_map(|c| {
-                    c.downcast_ref::<std::io::Error>()
-                        .and_then(|io| io.raw_os_error())
-                        .or_else(|| c.downcast_ref::<nix::errno::Errno>().map(|n| *n as i32))
-                })
-                .unwrap_or(0);
+            let errno = e.chain().find_map(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.raw_os_error())
+                    .or_else(|| c.downcast_ref::<nix::errno::Errno>().map(|n| *n as i32))
+            });
+            // (An Option field is written only when it is Some.)
             tracing::error!(machine = berth::log::machine(), step, errno, "{e:#}");
             std::process::exit(berth::exit::EXIT_FAILURE);
         }
