@@ -19,6 +19,10 @@ pub const SYSTEMD: &str = "org.freedesktop.systemd1";
 const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
 const SYSTEMD_MANAGER: &str = "org.freedesktop.systemd1.Manager";
 
+/// The longest berth waits for one answer on the bus (machined's
+/// CreateMachine waits for systemd's scope job).
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where the system bus listens when the host has one.
 const SYSTEM_BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
 
@@ -75,12 +79,39 @@ impl SystemBus {
         if std::env::var_os("DBUS_SYSTEM_BUS_ADDRESS").is_none() && !Path::new(SYSTEM_BUS_SOCKET).exists() {
             return Ok(None);
         }
+        // Timers too: zbus sleeps when the bus's backlog is full, and every
+        // call has a deadline (berth's signals wait while it blocks here).
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .build()
             .map_err(BusError::Runtime)?;
-        let conn = rt.block_on(zbus::Connection::system()).map_err(BusError::Connect)?;
-        Ok(Some(SystemBus { rt, conn }))
+        let conn = rt
+            .block_on(async { tokio::time::timeout(CALL_TIMEOUT, zbus::Connection::system()).await })
+            .map_err(|_| BusError::Connect(zbus::Error::Failure("no answer in time".into())))?;
+        match conn {
+            Ok(conn) => Ok(Some(SystemBus { rt, conn })),
+            // A socket left behind on a host without systemd: no bus.
+            Err(_) if !systemd_booted() => Ok(None),
+            Err(e) => Err(BusError::Connect(e)),
+        }
+    }
+
+    /// One call, with a deadline.
+    fn raw_call<B>(&self, dest: &str, path: &str, iface: &str, method: &str, body: &B) -> Result<zbus::Message, String>
+    where
+        B: serde::ser::Serialize + zbus::DynamicType,
+    {
+        self.rt
+            .block_on(async {
+                tokio::time::timeout(
+                    CALL_TIMEOUT,
+                    self.conn.call_method(Some(dest), path, Some(iface), method, body),
+                )
+                .await
+            })
+            .map_err(|_| format!("no answer within {} s", CALL_TIMEOUT.as_secs()))?
+            .map_err(answer)
     }
 
     fn call<B>(
@@ -95,12 +126,25 @@ impl SystemBus {
     where
         B: serde::ser::Serialize + zbus::DynamicType,
     {
-        self.rt
-            .block_on(self.conn.call_method(Some(dest), path, Some(iface), method, body))
-            .map_err(|e| BusError::Call {
-                what,
-                answer: answer(e),
-            })
+        self.raw_call(dest, path, iface, method, body)
+            .map_err(|answer| BusError::Call { what, answer })
+    }
+
+    /// Whether systemd-machined is there (running, or started on demand):
+    /// on Debian it comes with the systemd-container package.
+    pub fn has_machined(&self) -> bool {
+        let dbus = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus");
+        let owned = self
+            .raw_call(dbus.0, dbus.1, dbus.2, "NameHasOwner", &(MACHINED,))
+            .ok()
+            .and_then(|m| m.body().deserialize::<bool>().ok())
+            .unwrap_or(false);
+        owned
+            || self
+                .raw_call(dbus.0, dbus.1, dbus.2, "ListActivatableNames", &())
+                .ok()
+                .and_then(|m| m.body().deserialize::<Vec<String>>().ok())
+                .is_some_and(|names| names.iter().any(|n| n == MACHINED))
     }
 
     /// Register a machine whose leader already sits in the cgroup of the
@@ -169,20 +213,12 @@ impl SystemBus {
 
     /// Whether machined knows a machine of this name.
     pub fn machine_exists(&self, name: &str) -> Result<bool, BusError> {
-        match self.rt.block_on(self.conn.call_method(
-            Some(MACHINED),
-            MACHINED_PATH,
-            Some(MACHINED_MANAGER),
-            "GetMachine",
-            &(name,),
-        )) {
+        match self.raw_call(MACHINED, MACHINED_PATH, MACHINED_MANAGER, "GetMachine", &(name,)) {
             Ok(_) => Ok(true),
-            Err(zbus::Error::MethodError(n, _, _)) if n.as_str() == "org.freedesktop.machine1.NoSuchMachine" => {
-                Ok(false)
-            }
-            Err(e) => Err(BusError::Call {
+            Err(answer) if answer.starts_with("org.freedesktop.machine1.NoSuchMachine") => Ok(false),
+            Err(answer) => Err(BusError::Call {
                 what: format!("asking systemd-machined for machine \"{name}\""),
-                answer: answer(e),
+                answer,
             }),
         }
     }

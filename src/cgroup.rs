@@ -152,7 +152,7 @@ pub fn prepare(mount: &Path, own: &str, keep_unit: bool, name: &MachineName) -> 
         })
     } else {
         let slice = mount.join("machine.slice");
-        let scope = slice.join(format!("machine-{name}.scope"));
+        let scope = slice.join(scope_name(name));
         // systemd-nspawn and others use the same scope name: only a scope
         // berth marked for this machine (left by a killed berth) is removed.
         remove_if_berths(&scope, name)?;
@@ -208,6 +208,21 @@ fn remove_if_berths(path: &Path, name: &MachineName) -> Result<(), CgroupError> 
         });
     }
     remove_tree(path)
+}
+
+/// The scope of a machine, named as systemd-machined names it
+/// (`machine-web\x2d1.scope` for web-1: systemd escapes '-' in unit
+/// names), so it is the same cgroup whoever made it.
+pub fn scope_name(name: &MachineName) -> String {
+    let mut escaped = String::new();
+    for (i, b) in name.as_str().bytes().enumerate() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' => escaped.push(b as char),
+            b'.' if i > 0 => escaped.push('.'),
+            b => escaped.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    format!("machine-{escaped}.scope")
 }
 
 /// Write the machine's limits (cgroupfs file, value) into `cgroup`. A
@@ -371,6 +386,13 @@ fn rmdir_depth_first(path: &Path) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_are_named_as_machined_names_them() {
+        let n = |s: &str| MachineName::parse(s).unwrap();
+        assert_eq!(scope_name(&n("debian")), "machine-debian.scope");
+        assert_eq!(scope_name(&n("web-1.v2")), "machine-web\\x2d1.v2.scope");
+    }
 
     #[test]
     fn finds_cgroup2_on_hybrid_and_unified_hosts() {

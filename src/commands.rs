@@ -87,11 +87,9 @@ fn plan_child(
     let host_id = tree::host_machine_id();
     let uuid = tree.container_uuid(host_id.as_deref())?;
     let machine_id = uuid.replace('-', "");
-    let binds_host_journal = matches!(
-        spec.exec.link_journal,
-        LinkJournal::Host | LinkJournal::TryHost | LinkJournal::Auto
-    );
-    if binds_host_journal && host_id.as_deref() == Some(machine_id.as_str()) {
+    // Every mode links /var/log/journal/ID on the host with the machine's:
+    // the host's own id would mean the host's own journal.
+    if spec.exec.link_journal != LinkJournal::No && host_id.as_deref() == Some(machine_id.as_str()) {
         bail!(
             "machine \"{}\": LinkJournal= would bind the host's own journal into the machine: the tree's /etc/machine-id {machine_id} is the host's (give the tree an id of its own, or set LinkJournal=no)",
             tree.name

@@ -39,9 +39,11 @@ fn stderr_is_journal() -> bool {
 /// Set up the log once, at the start of main.
 pub fn init() {
     let journal = if stderr_is_journal() {
-        tracing_journald::layer()
-            .ok()
-            .map(|l| l.with_syslog_identifier("berth".into()))
+        tracing_journald::layer().ok().map(|l| {
+            l.with_syslog_identifier("berth".into())
+                // MACHINE=, STEP=, ERRNO= as such (not F_MACHINE=).
+                .with_field_prefix(None)
+        })
     } else {
         None
     };

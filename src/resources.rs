@@ -20,6 +20,34 @@ fn or_max(l: Limit) -> String {
     l.map_or_else(|| "max".to_string(), |n| n.to_string())
 }
 
+/// Every limit berth manages, as unit properties: those set, and the
+/// others at their defaults. Runtime properties of a unit outlive its
+/// restarts (systemd keeps them until the host reboots), so a limit taken
+/// out of the machine's file must be reset, not left alone.
+pub fn all_unit_properties(r: &Resources) -> Vec<(&'static str, Variant<'static>)> {
+    let set = unit_properties(r);
+    let defaults: Vec<(&'static str, Variant<'static>)> = vec![
+        ("MemoryMax", Variant::from(INFINITY)),
+        ("MemoryHigh", Variant::from(INFINITY)),
+        ("MemorySwapMax", Variant::from(INFINITY)),
+        ("TasksMax", Variant::from(crate::cgroup::TASKS_MAX as u64)),
+        ("CPUQuotaPerSecUSec", Variant::from(INFINITY)),
+        // u64::MAX: "not set" for systemd's weights.
+        ("CPUWeight", Variant::from(INFINITY)),
+        ("IOWeight", Variant::from(INFINITY)),
+        ("AllowedCPUs", Variant::from(Vec::<u8>::new())),
+    ];
+    defaults
+        .into_iter()
+        .map(|(name, default)| {
+            set.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(n, v)| (*n, v.try_clone().expect("plain values clone")))
+                .unwrap_or((name, default))
+        })
+        .collect()
+}
+
 /// The unit properties of the limits set (SetUnitProperties, or the scope
 /// properties of CreateMachine).
 pub fn unit_properties(r: &Resources) -> Vec<(&'static str, Variant<'static>)> {
@@ -116,6 +144,18 @@ mod tests {
             ]
         );
         assert!(cgroup_files(&Resources::default()).is_empty());
+    }
+
+    #[test]
+    fn a_limit_taken_out_is_reset() {
+        let all = all_unit_properties(&Resources {
+            memory_max: Some(Some(1 << 30)),
+            ..Default::default()
+        });
+        assert_eq!(all.len(), 8);
+        assert_eq!(all[0], ("MemoryMax", Variant::from(1u64 << 30)));
+        assert_eq!(all[1], ("MemoryHigh", Variant::from(u64::MAX)));
+        assert_eq!(all[3], ("TasksMax", Variant::from(16384u64)));
     }
 
     #[test]

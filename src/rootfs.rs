@@ -590,13 +590,17 @@ pub fn link_journal(root: &InRoot, mode: LinkJournal, machine_id: &str) -> Resul
 /// on the tree's own file system, so the host's link names exactly that
 /// directory. An existing entry on the host is left alone (an error for
 /// `guest`, unless it is this very link).
-pub fn link_guest_journal(tree: &InRoot, mode: LinkJournal, machine_id: &str) -> Result<()> {
+///
+/// Returns the link, which the caller removes when the machine ends: root
+/// inside could later turn a directory of that path into a link, and the
+/// host's `journalctl -m` would follow it.
+pub fn link_guest_journal(tree: &InRoot, mode: LinkJournal, machine_id: &str) -> Result<Option<PathBuf>> {
     let must = match mode {
         LinkJournal::Guest => true,
         LinkJournal::TryGuest => false,
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
-    let attempt = || -> Result<()> {
+    let attempt = || -> Result<Option<PathBuf>> {
         let host_dir = Path::new("/var/log/journal");
         if !host_dir.is_dir() {
             return Err(SetupError {
@@ -609,7 +613,7 @@ pub fn link_guest_journal(tree: &InRoot, mode: LinkJournal, machine_id: &str) ->
         let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY;
         // try-guest: only a tree that keeps a persistent journal.
         if !must && tree.open_without_links("/var/log/journal", flags).is_err() {
-            return Ok(());
+            return Ok(None);
         }
         tree.mkdir_all(&inside, 0o2755)?;
         if let Err(e) = tree.open_without_links(&inside, flags) {
@@ -618,12 +622,16 @@ pub fn link_guest_journal(tree: &InRoot, mode: LinkJournal, machine_id: &str) ->
         let link = host_dir.join(machine_id);
         let target = tree.show(&inside);
         match fs::read_link(&link) {
-            Ok(t) if t == target => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !link.exists() => io_step(
-                "linking the machine's journal at",
-                &link,
-                std::os::unix::fs::symlink(&target, &link),
-            ),
+            // This very link, left by a berth that was killed.
+            Ok(t) if t == target => Ok(Some(link)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !link.exists() => {
+                io_step(
+                    "linking the machine's journal at",
+                    &link,
+                    std::os::unix::fs::symlink(&target, &link),
+                )?;
+                Ok(Some(link))
+            }
             _ => Err(SetupError {
                 what: "linking the machine's journal at",
                 path: link,
@@ -633,7 +641,8 @@ pub fn link_guest_journal(tree: &InRoot, mode: LinkJournal, machine_id: &str) ->
     };
     match attempt() {
         Err(e) if must => Err(e),
-        _ => Ok(()),
+        Err(_) => Ok(None),
+        Ok(link) => Ok(link),
     }
 }
 

@@ -183,6 +183,18 @@ pub fn start(spec: &ChildSpec, cgroup: Option<&Path>) -> Result<Pending, SpawnEr
         Cloned::Child => {
             drop(parent);
             drop(cgroup_fd);
+            // Only the channel and the tree go on: not the supervisor's bus
+            // connection, signalfd, pty master or locks. (Their owners live
+            // on in this copy of the process but are never dropped here:
+            // the child ends in execve or exit.)
+            use std::os::fd::AsRawFd;
+            if let Err(e) = sys::close_all_except(&[child.fd().as_raw_fd(), spec.tree.fd().as_raw_fd()]) {
+                let _ = child.send_to_parent(ToParent::Failed(format!(
+                    "closing the supervisor's descriptors: {}",
+                    crate::util::os_error(&e)
+                )));
+                std::process::exit(crate::exit::EXIT_FAILURE);
+            }
             child_main(spec, child, !in_cgroup)
         }
         Cloned::Parent { child: pid, pidfd } => {

@@ -96,25 +96,49 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
         _ => None,
     };
 
-    let bus = if plan.register {
+    // The system bus, for systemd (limits under a unit) and machined.
+    let bus = if plan.register || plan.keep_unit {
         crate::bus::SystemBus::connect()?.map(std::rc::Rc::new)
     } else {
         None
     };
-    if plan.register && bus.is_none() {
-        tracing::info!(
-            machine = %plan.name,
-            "no D-Bus system bus on this host; machine \"{}\" is not registered with systemd-machined",
-            plan.name
-        );
-    }
+    let machined = match &bus {
+        Some(b) if plan.register => {
+            let there = b.has_machined();
+            if !there {
+                tracing::info!(
+                    machine = %plan.name,
+                    "systemd-machined is not on this host (Debian's systemd-container package); machine \"{}\" is not registered",
+                    plan.name
+                );
+            }
+            there
+        }
+        _ => {
+            if plan.register {
+                tracing::info!(
+                    machine = %plan.name,
+                    "no D-Bus system bus on this host; machine \"{}\" is not registered with systemd-machined",
+                    plan.name
+                );
+            }
+            false
+        }
+    };
     let placement = if plan.keep_unit {
         Placement::Unit
-    } else if bus.is_some() && crate::bus::systemd_booted() {
+    } else if machined && crate::bus::systemd_booted() {
         Placement::SystemdScope
     } else {
         Placement::Own
     };
+    if placement == Placement::Unit && bus.is_none() && !crate::resources::cgroup_files(&plan.resources).is_empty() {
+        // The unit's own cgroup files are systemd's: it would reset them.
+        anyhow::bail!(
+            "machine \"{}\": [Resources] under a unit are set through systemd's D-Bus, and this host has no system bus",
+            plan.name
+        );
+    }
     let registration = crate::bus::Registration {
         name: plan.name.to_string(),
         id: crate::bus::id_bytes(&child.machine_id),
@@ -123,8 +147,62 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
         ifindices: vec![],
     };
     let unit_name = own_cgroup.rsplit('/').next().unwrap_or_default().to_string();
-    crate::rootfs::link_guest_journal(&child.tree, child.link_journal, &child.machine_id)
-        .map_err(|e| anyhow::anyhow!("machine \"{}\": {e}", plan.name))?;
+    // The journal link lives as long as the machine runs (a machine that
+    // cannot write its tree keeps no journal there to link).
+    let journal_link = if child.files.writes_tree() {
+        crate::rootfs::link_guest_journal(&child.tree, child.link_journal, &child.machine_id)
+            .map_err(|e| anyhow::anyhow!("machine \"{}\": {e}", plan.name))?
+    } else {
+        None
+    };
+    let result = run_boots(
+        plan,
+        &child,
+        &sfd,
+        pty.as_ref(),
+        RunContext {
+            bus: &bus,
+            machined,
+            placement,
+            registration: &registration,
+            unit_name: &unit_name,
+            cg_mount: &cg_mount,
+            own_cgroup: &own_cgroup,
+        },
+    );
+    if let Some(link) = journal_link {
+        let _ = std::fs::remove_file(link);
+    }
+    result
+}
+
+struct RunContext<'a> {
+    bus: &'a Option<std::rc::Rc<crate::bus::SystemBus>>,
+    machined: bool,
+    placement: Placement,
+    registration: &'a crate::bus::Registration,
+    unit_name: &'a str,
+    cg_mount: &'a Path,
+    own_cgroup: &'a str,
+}
+
+/// Boot the machine again and again until it ends for good.
+fn run_boots(
+    plan: &Plan,
+    child: &ChildSpec,
+    sfd: &SignalFd,
+    pty: Option<&Pty>,
+    cx: RunContext<'_>,
+) -> anyhow::Result<i32> {
+    let RunContext {
+        bus,
+        machined,
+        placement,
+        registration,
+        unit_name,
+        cg_mount,
+        own_cgroup,
+    } = cx;
 
     loop {
         // The parent steps, in order, between clone and Go.
@@ -132,7 +210,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
         let cg = match placement {
             Placement::SystemdScope => None,
             Placement::Unit | Placement::Own => {
-                Some(cgroup::prepare(&cg_mount, &own_cgroup, plan.keep_unit, &plan.name)?)
+                Some(cgroup::prepare(cg_mount, own_cgroup, plan.keep_unit, &plan.name)?)
             }
         };
         match (&cg, &bus) {
@@ -142,14 +220,16 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
                 }));
                 steps.push(Box::new(UnitLimits {
                     bus: bus.clone(),
-                    unit: unit_name.clone(),
-                    properties: crate::resources::unit_properties(&plan.resources),
+                    unit: unit_name.to_string(),
+                    properties: crate::resources::all_unit_properties(&plan.resources),
                 }));
-                steps.push(Box::new(RegisterMachine {
-                    bus: bus.clone(),
-                    registration: registration.clone(),
-                    registered: false,
-                }));
+                if machined {
+                    steps.push(Box::new(RegisterMachine {
+                        bus: bus.clone(),
+                        registration: registration.clone(),
+                        registered: false,
+                    }));
+                }
             }
             (Some(cg), _) => {
                 steps.push(Box::new(MoveToCgroup {
@@ -164,14 +244,14 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
                 bus: bus.clone(),
                 registration: registration.clone(),
                 properties: scope_properties(plan),
-                mount: cg_mount.clone(),
+                mount: cg_mount.to_path_buf(),
                 scope: None,
             })),
             (None, None) => unreachable!("a systemd scope needs the bus"),
         }
         let mut setup = ParentSetup::new(steps);
         let payload = cg.as_ref().map(|c| c.payload.as_path());
-        let outcome = boot_once(plan, &child, payload, &mut setup, &sfd, pty.as_ref());
+        let outcome = boot_once(plan, child, payload, &mut setup, sfd, pty);
         // The machine is gone (or never came): what the steps set up is
         // undone, last first, and its cgroup goes too.
         setup.undo_all();
@@ -204,6 +284,13 @@ fn scope_properties(plan: &Plan) -> Vec<(&'static str, zbus::Variant<'static>)> 
         ),
         ("TasksMax", Variant::from(cgroup::TASKS_MAX as u64)),
     ];
+    // As nspawn's scope: stopping it (machinectl terminate) sends the
+    // init's halt signal to the leader alone, the rest is killed at the
+    // timeout.
+    if let crate::halt::Halt::Signal(sig) = plan.halt {
+        p.push(("KillMode", Variant::from("mixed")));
+        p.push(("KillSignal", Variant::from(sig)));
+    }
     let limits = crate::resources::unit_properties(&plan.resources);
     p.retain(|(n, _)| !limits.iter().any(|(l, _)| l == n));
     p.extend(limits);
@@ -382,13 +469,15 @@ impl<'a> Boot<'a> {
                     }
                     crate::halt::Halt::Initctl => {
                         if let Err(e) = crate::halt::request_halt(self.leader) {
-                            // The init's halt is its own: berth waits for the
-                            // stop timeout or a second request, which kills.
+                            // Not sysvinit after all (runit, a wrapper that
+                            // execs systemd...): the signal systemd and
+                            // many others understand.
                             tracing::warn!(
                                 machine = %self.plan.name,
-                                "cannot ask machine \"{}\"'s init to halt through /run/initctl: {e}",
+                                "cannot ask machine \"{}\"'s init to halt through /run/initctl ({e}); sending SIGRTMIN+3",
                                 self.plan.name
                             );
+                            let _ = crate::sys::send_signal(self.leader.as_raw(), crate::signals::rtmin_plus(3));
                         }
                     }
                 }
@@ -453,7 +542,9 @@ impl<'a> Boot<'a> {
     fn copy_console_output(&mut self) {
         let Some(p) = self.pty else { return };
         let mut buf = [0u8; 65536];
-        loop {
+        // At most 1 MiB a turn: a machine flooding its console must not
+        // starve signals, readiness or the watchdog of the loop.
+        for _ in 0..16 {
             let mut fds = [PollFd::new(p.master.as_fd(), PollFlags::POLLIN)];
             if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
                 return;

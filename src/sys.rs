@@ -263,6 +263,36 @@ pub fn fork_single_threaded() -> nix::Result<nix::unistd::ForkResult> {
     unsafe { nix::unistd::fork() }
 }
 
+/// Close every descriptor above stderr except those in `keep` (the child,
+/// right after clone: nothing of the supervisor's, such as its connection
+/// to the host's system bus, may reach the machine).
+pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|f| *f > 2).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from: RawFd = 3;
+    for k in keep.iter().copied().chain(std::iter::once(RawFd::MAX)) {
+        if from < k {
+            let last = if k == RawFd::MAX {
+                libc::c_uint::MAX
+            } else {
+                (k - 1) as libc::c_uint
+            };
+            // SAFETY: close_range takes plain integers; the caller owns no
+            // descriptor it will use again in this range (it keeps `keep`).
+            let ret = unsafe { libc::syscall(libc::SYS_close_range, from as libc::c_uint, last, 0) };
+            if ret == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if k == RawFd::MAX {
+            break;
+        }
+        from = k + 1;
+    }
+    Ok(())
+}
+
 /// Close every descriptor from `first` on (the stub init, before it runs
 /// the command: nothing of the host may stay open in the machine).
 pub fn close_from(first: RawFd) -> io::Result<()> {

@@ -42,8 +42,12 @@ pub fn cgroup2() -> PathBuf {
     berth::cgroup::find_cgroup2(&std::fs::read_to_string("/proc/self/mountinfo").unwrap()).unwrap()
 }
 
+/// The machine's scope: berth's own, or machined's on a systemd host
+/// (named alike).
 pub fn scope_of(name: &str) -> PathBuf {
-    cgroup2().join(format!("machine.slice/machine-{name}.scope"))
+    cgroup2().join("machine.slice").join(berth::cgroup::scope_name(
+        &berth::name::MachineName::parse(name).unwrap(),
+    ))
 }
 
 /// Lines of the host's mount table that mention `path`.
