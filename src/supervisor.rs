@@ -222,6 +222,7 @@ fn run_boots(
                     bus: bus.clone(),
                     unit: unit_name.to_string(),
                     properties: crate::resources::all_unit_properties(&plan.resources),
+                    limited: !crate::resources::unit_properties(&plan.resources).is_empty(),
                 }));
                 if machined {
                     steps.push(Box::new(RegisterMachine {
