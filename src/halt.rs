@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use nix::fcntl::OFlag;
-use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::sys::stat::{fstat, SFlag};
 use nix::unistd::Pid;
 
 use crate::inroot::{fd_path, InRoot};
@@ -64,11 +64,7 @@ pub fn request_halt(leader: Pid) -> std::io::Result<()> {
     if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFIFO.bits() {
         return Err(std::io::Error::other("the machine's /run/initctl is not a FIFO"));
     }
-    let fd = nix::fcntl::open(
-        &fd_path(looked.as_fd()),
-        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = crate::inroot::reopen(looked.as_fd(), OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)?;
     std::fs::File::from(fd).write_all(&runlevel_request(b'0'))
 }
 

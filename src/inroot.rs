@@ -10,16 +10,14 @@
 //! Files berth reads from the tree must be regular files of bounded size,
 //! opened non-blocking, so a FIFO or a device there is an error, not a hang.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fstat, fstatat, mkdirat, mknodat, Mode, SFlag};
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, mkdirat, mknodat, Mode, SFlag};
 
 /// A directory every path is resolved in.
 #[derive(Debug)]
@@ -53,16 +51,6 @@ impl PathError {
         };
         PathError { what, path, why }
     }
-
-    /// The errno closest to this error, for callers that report errnos.
-    pub fn raw_errno(&self) -> Errno {
-        match self.why.as_str() {
-            w if w.starts_with("too many levels") => Errno::ELOOP,
-            w if w.starts_with("is a ") || w.starts_with("is not") => Errno::EINVAL,
-            w if w.starts_with("larger than") => Errno::EFBIG,
-            _ => Errno::EIO,
-        }
-    }
 }
 
 pub type Result<T> = std::result::Result<T, PathError>;
@@ -76,6 +64,20 @@ const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_IN_ROOT.union(ResolveFlag::RES
 /// that take only paths (mount(2), bind(2), overlayfs options).
 pub fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Open for I/O exactly the inode an O_PATH descriptor `looked` names (its
+/// magic link), after the caller looked at its type; the same inode or an
+/// error (EAGAIN when something else is there now). Opening is the step
+/// that has effects (a FIFO blocks, a device acts), so it comes last.
+pub fn reopen(looked: BorrowedFd<'_>, flags: OFlag) -> std::result::Result<OwnedFd, Errno> {
+    let before = fstat(looked)?;
+    let fd = nix::fcntl::open(&fd_path(looked), flags | OFlag::O_CLOEXEC, Mode::empty())?;
+    let after = fstat(&fd)?;
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino) {
+        return Err(Errno::EAGAIN);
+    }
+    Ok(fd)
 }
 
 /// Split an in-tree path into its parent and last component; "/" has none.
@@ -337,18 +339,12 @@ impl InRoot {
         if st.st_size as u64 > max {
             return Err(fail(format!("larger than {} bytes ({} bytes)", max, st.st_size)));
         }
-        // Reopen exactly that inode for reading (the magic link of the
-        // O_PATH descriptor), non-blocking, and make sure it is still it.
-        let fd = nix::fcntl::open(
-            &fd_path(looked.as_fd()),
-            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| self.err("reading", path, e))?;
-        let again = fstat(&fd).map_err(|e| self.err("reading", path, e))?;
-        if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) {
-            return Err(fail("changed while berth read it".into()));
-        }
+        // That very inode, non-blocking.
+        let fd = match reopen(looked.as_fd(), OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY) {
+            Ok(fd) => fd,
+            Err(Errno::EAGAIN) => return Err(fail("changed while berth read it".into())),
+            Err(e) => return Err(self.err("reading", path, e)),
+        };
         let mut buf = Vec::with_capacity(st.st_size as usize);
         File::from(fd)
             .take(max + 1)
@@ -382,15 +378,6 @@ impl InRoot {
         Ok((st.st_dev as u64, st.st_ino as u64))
     }
 
-    /// A second descriptor of the root (for a process that needs its own).
-    pub fn try_clone(&self) -> Result<InRoot> {
-        let fd = self
-            .fd
-            .try_clone()
-            .map_err(|e| self.err("duplicating", "/", io_errno(&e)))?;
-        Ok(InRoot::from_fd(fd, self.shown.clone()))
-    }
-
     /// Whether `path` is an executable regular file (links followed inside
     /// the tree), looked at without opening it for reading.
     pub fn is_executable_file(&self, path: &str) -> bool {
@@ -402,7 +389,7 @@ impl InRoot {
             .unwrap_or(false)
     }
 
-    /// Whether `name` in the directory `dir` of the tree is a directory.
+    /// Whether `path` is a directory (links followed inside the root).
     pub fn is_dir(&self, path: &str) -> bool {
         self.open_at(path, OFlag::O_PATH | OFlag::O_DIRECTORY).is_ok()
     }
@@ -414,12 +401,6 @@ fn reopen_dir(fd: &OwnedFd) -> std::result::Result<OwnedFd, Errno> {
         .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
     openat2(fd.as_fd(), ".", how)
-}
-
-/// The type of a file descriptor's file, from fstatat with AT_EMPTY_PATH.
-pub fn kind_of_fd(fd: BorrowedFd<'_>) -> Option<SFlag> {
-    let st = fstatat(fd, OsStr::from_bytes(b""), AtFlags::AT_EMPTY_PATH).ok()?;
-    Some(SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()))
 }
 
 fn kind_name(kind: u32) -> &'static str {

@@ -182,12 +182,8 @@ fn read_settings_file(path: &Path, trusted: bool) -> Result<Vec<u8>, String> {
     if st.st_size as u64 > MAX_SETTINGS_FILE {
         return Err(format!("it is larger than {MAX_SETTINGS_FILE} bytes"));
     }
-    let fd = nix::fcntl::open(
-        &crate::inroot::fd_path(looked.as_fd()),
-        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| e.desc().to_string())?;
+    let fd =
+        crate::inroot::reopen(looked.as_fd(), OFlag::O_RDONLY | OFlag::O_NONBLOCK).map_err(|e| e.desc().to_string())?;
     let mut text = Vec::new();
     std::fs::File::from(fd)
         .take(MAX_SETTINGS_FILE + 1)
