@@ -169,6 +169,7 @@ fn plan_child(
         user,
         link_journal: exec.link_journal,
         timezone: exec.timezone,
+        network: spec.network.clone(),
         // No user namespace yet (PrivateUsers= comes with its issue).
         confine_mounts: true,
     };

@@ -145,7 +145,8 @@ pub const PROC_MASKED: &[&str] = &[
 ];
 
 /// Kernel interfaces the machine may read but not change. /proc/sys/net
-/// stays read-only too while the machine shares the host's network.
+/// stays read-only too while the machine shares the host's network; with a
+/// network namespace of its own, it is the machine's to change.
 pub const PROC_READ_ONLY: &[&str] = &[
     "/proc/sys",
     "/proc/acpi",
@@ -411,7 +412,7 @@ pub fn mount_api(root: &InRoot, console: Option<&Path>) -> Result<InRoot> {
 /// inaccessible nodes used to mask paths. Returns the directory, for the
 /// notify socket, which the caller binds before `restrict` makes it
 /// read-only.
-pub fn populate_run_host(root: &InRoot) -> Result<OwnedFd> {
+pub fn populate_run_host(root: &InRoot, dns: &[std::net::IpAddr]) -> Result<OwnedFd> {
     root.mkdir_all(INACCESSIBLE_DIR, 0o755)?;
     root.mkdir_all(&format!("{INACCESSIBLE_DIR}/dir"), 0o000)?;
     for (name, kind) in INACCESSIBLE_NODES {
@@ -422,6 +423,9 @@ pub fn populate_run_host(root: &InRoot) -> Result<OwnedFd> {
         .unwrap_or_default();
     write_new(root, "/run/host/os-release", &os_release)?;
     write_new(root, "/run/host/container-manager", b"berth\n")?;
+    if !dns.is_empty() {
+        write_new(root, RESOLV_CONF, resolv_conf_text(dns).as_bytes())?;
+    }
     Ok(root.path_fd("opening", RUN_HOST)?)
 }
 
@@ -452,8 +456,9 @@ fn proc_entry(proc: &InRoot, path: &str) -> Result<Option<OwnedFd>> {
 
 /// Step 4: masks and read-only parts of the machine's proc (by its own
 /// descriptor from `mount_api`), and /run/host read-only (by the
-/// descriptor from `populate_run_host`).
-pub fn restrict(root: &InRoot, proc: &InRoot, run_host: BorrowedFd<'_>) -> Result<()> {
+/// descriptor from `populate_run_host`). `own_network`: /proc/sys/net
+/// stays writable (the machine's network namespace is its own).
+pub fn restrict(root: &InRoot, proc: &InRoot, run_host: BorrowedFd<'_>, own_network: bool) -> Result<()> {
     let inaccessible = root.path_fd("opening", &format!("{INACCESSIBLE_DIR}/reg"))?;
     for p in PROC_MASKED {
         if let Some(target) = proc_entry(proc, p)? {
@@ -466,6 +471,21 @@ pub fn restrict(root: &InRoot, proc: &InRoot, run_host: BorrowedFd<'_>) -> Resul
             )?;
         }
     }
+    // /proc/sys/net of a private network: a clone of the fresh proc's own
+    // (writable) directory, taken before /proc/sys turns read-only and put
+    // back over it after.
+    let net = match own_network {
+        true => proc_entry(proc, "/proc/sys/net")?
+            .map(|d| {
+                io_step(
+                    "cloning",
+                    &root.show("/proc/sys/net"),
+                    sys::clone_mount(d.as_fd(), false),
+                )
+            })
+            .transpose()?,
+        false => None,
+    };
     for p in PROC_READ_ONLY {
         if let Some(target) = proc_entry(proc, p)? {
             bind_fd(
@@ -476,6 +496,21 @@ pub fn restrict(root: &InRoot, proc: &InRoot, run_host: BorrowedFd<'_>) -> Resul
                 &root.show(p),
             )?;
         }
+    }
+    if let Some(net) = net {
+        // Resolved through the machine's proc again: the read-only bind
+        // is on top now.
+        let target = proc_entry(proc, "/proc/sys/net")?.ok_or_else(|| SetupError {
+            what: "opening",
+            path: root.show("/proc/sys/net"),
+            why: Errno::ENOENT.desc().into(),
+        })?;
+        io_step(
+            "mounting",
+            &root.show("/proc/sys/net"),
+            sys::mount_setattr(net.as_fd(), NOSUID_NODEV_NOEXEC_ATTRS, false)
+                .and_then(|()| sys::move_mount_onto(net.as_fd(), target.as_fd())),
+        )?;
     }
     bind_fd(run_host, run_host, false, RO_NOSUID_NODEV_NOEXEC, &root.show(RUN_HOST))
 }
@@ -495,6 +530,49 @@ fn bind_host_file(root: &InRoot, host: &Path, path: &str) -> Result<()> {
         false,
         sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
         &root.show(path),
+    )
+}
+
+/// The resolver configuration made from DNS=, in /run/host.
+const RESOLV_CONF: &str = "/run/host/resolv.conf";
+
+fn resolv_conf_text(dns: &[std::net::IpAddr]) -> String {
+    let mut text = String::from("# Written by berth from [Network] DNS= of this machine's settings.\n");
+    for a in dns {
+        text.push_str(&format!("nameserver {a}\n"));
+    }
+    text
+}
+
+/// DNS=: the resolver configuration berth wrote in /run/host, read-only
+/// over the tree's /etc/resolv.conf: over the file, or over the link when
+/// it is one (the tree is not changed; the machine's resolved, if any, may
+/// not replace it), or on a new empty file when there is none.
+pub fn generated_resolv_conf(root: &InRoot) -> Result<()> {
+    const TARGET: &str = "/etc/resolv.conf";
+    let target = match root.open_at(TARGET, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW) {
+        Ok(fd) => {
+            let st = fstat(&fd).map_err(|e| PathError::errno("looking at", root.show(TARGET), e))?;
+            let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+            if kind != SFlag::S_IFREG && kind != SFlag::S_IFLNK {
+                return Err(SetupError {
+                    what: "mounting the DNS= resolver configuration on",
+                    path: root.show(TARGET),
+                    why: "is neither a file nor a link".into(),
+                });
+            }
+            fd
+        }
+        Err(Errno::ENOENT) => root.mount_point_file(TARGET)?,
+        Err(e) => return Err(PathError::errno("opening", root.show(TARGET), e).into()),
+    };
+    let source = root.path_fd("opening", RESOLV_CONF)?;
+    bind_fd(
+        source.as_fd(),
+        target.as_fd(),
+        false,
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC,
+        &root.show(TARGET),
     )
 }
 

@@ -116,6 +116,8 @@ impl ParentStep for MoveToCgroup {
 pub struct RegisterMachine {
     pub bus: std::rc::Rc<crate::bus::SystemBus>,
     pub registration: crate::bus::Registration,
+    /// The host ends of the machine's links (filled by the network step).
+    pub links: crate::net::LinkIndexes,
     pub registered: bool,
 }
 
@@ -129,6 +131,7 @@ impl ParentStep for RegisterMachine {
 
     fn run(&mut self, child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>> {
         self.registration.leader = child.pid.as_raw() as u32;
+        self.registration.ifindices = self.links.borrow().clone();
         // After a reboot (the unit restarted) machined may still be
         // dropping the machine of the previous run: give it a moment.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -156,6 +159,8 @@ pub struct CreateMachine {
     pub bus: std::rc::Rc<crate::bus::SystemBus>,
     pub registration: crate::bus::Registration,
     pub properties: Vec<(&'static str, zbus::Variant<'static>)>,
+    /// The host ends of the machine's links (filled by the network step).
+    pub links: crate::net::LinkIndexes,
     /// The cgroup2 mount.
     pub mount: PathBuf,
     /// The scope, once made.
@@ -169,6 +174,7 @@ impl ParentStep for CreateMachine {
 
     fn run(&mut self, child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>> {
         self.registration.leader = child.pid.as_raw() as u32;
+        self.registration.ifindices = self.links.borrow().clone();
         // The previous boot's machine (a reboot, or a killed berth) may
         // still be on its way out of machined.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -56,6 +56,8 @@ pub struct ChildSpec {
     pub user: Option<Credentials>,
     pub link_journal: LinkJournal,
     pub timezone: Timezone,
+    /// [Network]: a network namespace of its own when `private`, and DNS=.
+    pub network: crate::spec::Network,
     /// The machine has no user namespace of its own: lock its mounts and
     /// refuse mount namespaces outside a user namespace
     /// (`rootfs::lock_mounts`).
@@ -159,8 +161,13 @@ pub fn start(spec: &ChildSpec, cgroup: Option<&Path>) -> Result<Pending, SpawnEr
     // Preferred: the child is born in its cgroup, and its cgroup namespace is
     // rooted there (clone3 with CLONE_INTO_CGROUP, Linux 5.7). Otherwise a
     // parent step moves it, and the child unshares its cgroup namespace after.
+    let namespaces = if spec.network.private {
+        NAMESPACES | libc::CLONE_NEWNET
+    } else {
+        NAMESPACES
+    };
     let born_in = match &cgroup_fd {
-        Some(fd) => sys::clone_process(NAMESPACES | libc::CLONE_NEWCGROUP, Some(fd.as_fd())),
+        Some(fd) => sys::clone_process(namespaces | libc::CLONE_NEWCGROUP, Some(fd.as_fd())),
         None => Err(std::io::Error::from_raw_os_error(libc::ENOSYS)),
     };
     let (cloned, in_cgroup) = match born_in {
@@ -171,7 +178,7 @@ pub fn start(spec: &ChildSpec, cgroup: Option<&Path>) -> Result<Pending, SpawnEr
                 Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::E2BIG)
             ) =>
         {
-            (sys::clone_process(NAMESPACES, None).map_err(SpawnError::Clone)?, false)
+            (sys::clone_process(namespaces, None).map_err(SpawnError::Clone)?, false)
         }
         Err(e) => return Err(SpawnError::Clone(e)),
     };
@@ -258,7 +265,7 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     }
     let root = rootfs::isolate(&tree, spec.files.read_only, spec.files.volatile, &spec.machine_id)?;
     let proc = rootfs::mount_api(&root, spec.console.as_deref())?;
-    let run_host = rootfs::populate_run_host(&root)?;
+    let run_host = rootfs::populate_run_host(&root, &spec.network.dns)?;
     if matches!(spec.payload, Payload::Init { .. }) {
         // Bound before /run/host turns read-only, through the resolved
         // directory; the supervisor keeps the only other reference, so the
@@ -275,11 +282,13 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     // The admin's mounts go over the API file systems' and before the masks,
     // so /run/host/inaccessible exists for Inaccessible=.
     rootfs::mount_files(&root, &spec.files)?;
-    rootfs::restrict(&root, &proc, run_host.as_fd())?;
+    rootfs::restrict(&root, &proc, run_host.as_fd(), spec.network.private)?;
     drop((run_host, proc));
-    // The machine shares the host's network (private networks come later),
-    // so it uses the host's resolver configuration.
-    rootfs::resolv_conf(&root, spec.resolv_conf)?;
+    if spec.network.dns.is_empty() {
+        rootfs::resolv_conf(&root, spec.resolv_conf)?;
+    } else {
+        rootfs::generated_resolv_conf(&root)?;
+    }
     rootfs::timezone(&root, spec.timezone)?;
     rootfs::link_journal(&root, spec.link_journal, &spec.machine_id)?;
     rootfs::enter(&root)?;

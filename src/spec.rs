@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::value::{Bind, Value};
+use crate::config::value::{Bind, Forward, Prefixed, Value};
 use crate::config::{Settings, Sourced};
 
 /// [Exec] LinkJournal=: the machine's journal kept on the host, where
@@ -191,18 +191,37 @@ impl Default for Exec {
     }
 }
 
-/// [Network], validated; applied by the networking issue.
+/// Where the host's end of the machine's veth pair goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HostSide {
+    /// No veth pair.
+    #[default]
+    None,
+    /// `ve-NAME`, on its own (the host's networkd gives it an address).
+    Plain,
+    /// `vb-NAME`, a port of the host's existing bridge.
+    Bridge(String),
+    /// `vb-NAME`, a port of the bridge `vz-ZONE` berth makes on first use.
+    Zone(String),
+}
+
+/// [Network].
 #[derive(Debug, Clone, Default)]
 pub struct Network {
+    /// Private=, or implied by a veth pair.
     pub private: bool,
-    pub virtual_ethernet: bool,
-    pub bridge: Option<String>,
-    pub zone: Option<String>,
-    pub mac_address: Option<String>,
-    pub addresses: Vec<String>,
+    pub host_side: HostSide,
+    pub mac_address: Option<[u8; 6]>,
+    pub addresses: Vec<Prefixed>,
     pub gateway: Option<std::net::IpAddr>,
     pub dns: Vec<std::net::IpAddr>,
-    pub ports: Vec<String>,
+    pub ports: Vec<Forward>,
+}
+
+impl Network {
+    pub fn has_veth(&self) -> bool {
+        self.host_side != HostSide::None
+    }
 }
 
 /// A limit: None is "infinity".
@@ -251,6 +270,13 @@ fn flag(v: &Value) -> Result<bool, String> {
     }
 }
 
+fn address(v: &Value) -> Result<std::net::IpAddr, String> {
+    match v {
+        Value::Address(a) => Ok(*a),
+        other => Err(format!("expected an IP address, got {other:?}")),
+    }
+}
+
 fn limit(v: &Value) -> Result<Limit, String> {
     match v {
         Value::Limit(l) => Ok(*l),
@@ -280,6 +306,13 @@ impl MachineSpec {
     /// The one conversion from settings to a typed machine.
     pub fn from_settings(settings: &Settings) -> Result<MachineSpec, String> {
         let mut m = MachineSpec::default();
+        // [Network] keys that depend on each other: (where, value).
+        let mut veth = false;
+        let mut bridge: Option<(String, String)> = None;
+        let mut zone: Option<(String, String)> = None;
+        let mut gateway: Option<String> = None;
+        let mut needs_veth: Option<(String, &str, String)> = None;
+        let mut first_port: Option<String> = None;
         for (def, Sourced { value: v, origin }) in settings.entries() {
             let fail = |why: String| format!("{origin}: [{}] {}={v}: {why}", def.section, def.key);
             let e = &mut m.exec;
@@ -319,18 +352,60 @@ impl MachineSpec {
                     },
                     ("Files", "Inaccessible") => f.inaccessible.push(text(v)?.to_string()),
                     ("Network", "Private") => n.private = flag(v)?,
-                    ("Network", "VirtualEthernet") => n.virtual_ethernet = flag(v)?,
-                    ("Network", "Bridge") => n.bridge = Some(text(v)?.to_string()),
-                    ("Network", "Zone") => n.zone = Some(text(v)?.to_string()),
-                    ("Network", "MACAddress") => n.mac_address = Some(text(v)?.to_string()),
-                    ("Network", "Address") => n.addresses.push(text(v)?.to_string()),
-                    ("Network", "Gateway") => {
-                        n.gateway = Some(text(v)?.parse().map_err(|_| "not an IP address".to_string())?)
+                    ("Network", "VirtualEthernet") => veth = flag(v)?,
+                    ("Network", "Bridge") => {
+                        if let Some((_, zone)) = &zone {
+                            return Err(format!(
+                                "Bridge= and Zone= ({zone}) both name where the machine's link goes; keep one"
+                            ));
+                        }
+                        bridge = Some((origin.to_string(), text(v)?.to_string()))
                     }
-                    ("Network", "DNS") => n
-                        .dns
-                        .push(text(v)?.parse().map_err(|_| "not an IP address".to_string())?),
-                    ("Network", "Port") => n.ports.push(text(v)?.to_string()),
+                    ("Network", "Zone") => {
+                        if let Some((_, bridge)) = &bridge {
+                            return Err(format!(
+                                "Bridge= ({bridge}) and Zone= both name where the machine's link goes; keep one"
+                            ));
+                        }
+                        zone = Some((origin.to_string(), text(v)?.to_string()))
+                    }
+                    ("Network", "MACAddress") => match v {
+                        Value::Mac(m) => {
+                            n.mac_address = Some(*m);
+                            needs_veth.get_or_insert((origin.to_string(), def.key, v.to_string()));
+                        }
+                        other => return Err(format!("expected a MAC address, got {other:?}")),
+                    },
+                    ("Network", "Address") => match v {
+                        Value::Prefixed(p) => {
+                            n.addresses.push(*p);
+                            needs_veth.get_or_insert((origin.to_string(), def.key, v.to_string()));
+                        }
+                        other => return Err(format!("expected ADDRESS/PREFIX, got {other:?}")),
+                    },
+                    ("Network", "Gateway") => {
+                        n.gateway = Some(address(v)?);
+                        gateway = Some(origin.to_string());
+                    }
+                    ("Network", "DNS") => n.dns.push(address(v)?),
+                    ("Network", "Port") => match v {
+                        Value::Forward(p) => {
+                            if let Some(same) = n
+                                .ports
+                                .iter()
+                                .find(|q| q.proto == p.proto && q.host_port == p.host_port)
+                            {
+                                return Err(format!(
+                                    "host port {}:{} is already forwarded (to port {} of the machine)",
+                                    p.proto, p.host_port, same.machine_port
+                                ));
+                            }
+                            n.ports.push(*p);
+                            first_port.get_or_insert(origin.to_string());
+                            needs_veth.get_or_insert((origin.to_string(), def.key, v.to_string()));
+                        }
+                        other => return Err(format!("expected a port forward, got {other:?}")),
+                    },
                     ("Resources", "MemoryMax") => r.memory_max = Some(limit(v)?),
                     ("Resources", "MemoryHigh") => r.memory_high = Some(limit(v)?),
                     ("Resources", "MemorySwapMax") => r.memory_swap_max = Some(limit(v)?),
@@ -352,6 +427,41 @@ impl MachineSpec {
             })();
             result.map_err(fail)?;
         }
+        let n = &mut m.network;
+        n.host_side = match (bridge, zone) {
+            (Some((_, b)), _) => HostSide::Bridge(b),
+            (_, Some((_, z))) => HostSide::Zone(z),
+            _ if veth => HostSide::Plain,
+            _ => HostSide::None,
+        };
+        n.private |= n.has_veth();
+        if let Some((origin, key, value)) = needs_veth.filter(|_| !n.has_veth()) {
+            let what = if key == "Port" {
+                "forwarding a port needs the machine's own network"
+            } else {
+                "this needs the machine's own link"
+            };
+            return Err(format!(
+                "{origin}: [Network] {key}={value}: {what}: set VirtualEthernet=yes, Bridge= or Zone="
+            ));
+        }
+        if let (Some(gw), Some(origin)) = (n.gateway, gateway) {
+            if !n.addresses.iter().any(|a| a.contains(gw)) {
+                let subnets: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
+                let why = if subnets.is_empty() {
+                    "the gateway must lie in the subnet of an Address=, and there is none".to_string()
+                } else {
+                    format!("not inside the subnet of any Address= ({})", subnets.join(", "))
+                };
+                return Err(format!("{origin}: [Network] Gateway={gw}: {why}"));
+            }
+        }
+        if let (Some(origin), true) = (&first_port, n.addresses.is_empty()) {
+            return Err(format!(
+                "{origin}: [Network] Port={}: forwarding a port needs an Address= of the machine to forward to",
+                crate::config::value::Value::Forward(n.ports[0])
+            ));
+        }
         Ok(m)
     }
 
@@ -363,6 +473,10 @@ impl MachineSpec {
         } else {
             crate::caps::KEPT.to_vec()
         };
+        // With a network of its own, the machine configures it (as nspawn).
+        if self.network.private && !kept.contains(&caps::Capability::CAP_NET_ADMIN) {
+            kept.push(caps::Capability::CAP_NET_ADMIN);
+        }
         for c in &self.exec.capability.caps {
             if !kept.contains(c) {
                 kept.push(*c);
@@ -423,11 +537,93 @@ mod tests {
         for def in KEYS {
             let mut s = Settings::default();
             let mut errors = Vec::new();
-            let text = format!("[{}]\n{}={}\n", def.section, def.key, sample(def.section, def.key));
+            // Keys that need a link and an address get them.
+            let context = match (def.section, def.key) {
+                ("Network", "MACAddress" | "Address" | "Gateway" | "Port") => {
+                    "VirtualEthernet=yes\nAddress=10.0.0.9/24\n"
+                }
+                _ => "",
+            };
+            let text = format!(
+                "[{}]\n{}={}\n{context}",
+                def.section,
+                def.key,
+                sample(def.section, def.key)
+            );
             load_text(&mut s, &file, text.as_bytes(), &mut errors);
             assert!(errors.is_empty(), "{}: {errors:?}", def.id());
             MachineSpec::from_settings(&s).unwrap_or_else(|e| panic!("{}: {e}", def.id()));
         }
+    }
+
+    fn network(text: &str) -> Result<Network, String> {
+        let file = SettingsFile {
+            path: "/etc/berth/machines.d/web.ini".into(),
+            trusted: true,
+        };
+        let mut s = Settings::default();
+        let mut errors = Vec::new();
+        load_text(&mut s, &file, format!("[Network]\n{text}").as_bytes(), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        MachineSpec::from_settings(&s).map(|m| m.network)
+    }
+
+    #[test]
+    fn network_keys_checked_together() {
+        let n = network(
+            "Zone=web\nAddress=10.0.0.2/24\nAddress=fd00::2/64\nGateway=10.0.0.1\nPort=8080:80\nPort=udp:8080\n",
+        )
+        .unwrap();
+        assert!(n.private);
+        assert_eq!(n.host_side, HostSide::Zone("web".into()));
+        assert_eq!(n.addresses.len(), 2);
+        assert_eq!(n.ports.len(), 2);
+        assert_eq!(network("VirtualEthernet=yes\n").unwrap().host_side, HostSide::Plain);
+        assert_eq!(
+            network("Bridge=br0\n").unwrap().host_side,
+            HostSide::Bridge("br0".into())
+        );
+        let n = network("Private=yes\n").unwrap();
+        assert!(n.private && !n.has_veth());
+        let f = "/etc/berth/machines.d/web.ini";
+        assert_eq!(
+            network("Bridge=br0\nZone=web\n").unwrap_err(),
+            format!(
+                "{f}:3: [Network] Zone=web: Bridge= (br0) and Zone= both name where the machine's link goes; keep one"
+            )
+        );
+        assert_eq!(
+            network("Zone=web\nBridge=br0\n").unwrap_err(),
+            format!(
+                "{f}:2: [Network] Zone=web: Bridge= (br0) and Zone= both name where the machine's link goes; keep one"
+            )
+        );
+        assert_eq!(
+            network("Private=yes\nPort=8080:80\n").unwrap_err(),
+            format!("{f}:3: [Network] Port=tcp:8080:80: forwarding a port needs the machine's own network: set VirtualEthernet=yes, Bridge= or Zone=")
+        );
+        assert_eq!(
+            network("Address=10.0.0.2/24\n").unwrap_err(),
+            format!("{f}:2: [Network] Address=10.0.0.2/24: this needs the machine's own link: set VirtualEthernet=yes, Bridge= or Zone=")
+        );
+        assert_eq!(
+            network("VirtualEthernet=yes\nAddress=10.0.0.2/24\nGateway=10.0.1.1\n").unwrap_err(),
+            format!("{f}:4: [Network] Gateway=10.0.1.1: not inside the subnet of any Address= (10.0.0.2/24)")
+        );
+        assert_eq!(
+            network("VirtualEthernet=yes\nAddress=fd00::2/64\nGateway=10.0.0.1\n").unwrap_err(),
+            format!("{f}:4: [Network] Gateway=10.0.0.1: not inside the subnet of any Address= (fd00::2/64)")
+        );
+        assert_eq!(
+            network("VirtualEthernet=yes\nAddress=10.0.0.2/24\nPort=8080:80\nPort=tcp:8080:81\n").unwrap_err(),
+            format!("{f}:5: [Network] Port=tcp:8080:81: host port tcp:8080 is already forwarded (to port 80 of the machine)")
+        );
+        assert_eq!(
+            network("VirtualEthernet=yes\nPort=8080\n").unwrap_err(),
+            format!(
+                "{f}:3: [Network] Port=tcp:8080:8080: forwarding a port needs an Address= of the machine to forward to"
+            )
+        );
     }
 
     #[test]

@@ -204,9 +204,21 @@ fn run_boots(
         own_cgroup,
     } = cx;
 
+    let host_id = crate::tree::host_machine_id().unwrap_or_default();
     loop {
         // The parent steps, in order, between clone and Go.
         let mut steps: Vec<Box<dyn ParentStep>> = Vec::new();
+        let links = crate::net::LinkIndexes::default();
+        // The network before the registration, which names its links.
+        let network: Option<Box<dyn ParentStep>> = child.network.private.then(|| {
+            Box::new(crate::net::NetworkStep::new(
+                plan.name.as_str(),
+                child.network.clone(),
+                &host_id,
+                Path::new(crate::lock::LOCK_DIR),
+                links.clone(),
+            )) as Box<dyn ParentStep>
+        });
         let cg = match placement {
             Placement::SystemdScope => None,
             Placement::Unit | Placement::Own => {
@@ -218,6 +230,7 @@ fn run_boots(
                 steps.push(Box::new(MoveToCgroup {
                     cgroup: cg.payload.clone(),
                 }));
+                steps.extend(network);
                 steps.push(Box::new(UnitLimits {
                     bus: bus.clone(),
                     unit: unit_name.to_string(),
@@ -228,6 +241,7 @@ fn run_boots(
                     steps.push(Box::new(RegisterMachine {
                         bus: bus.clone(),
                         registration: registration.clone(),
+                        links: links.clone(),
                         registered: false,
                     }));
                 }
@@ -236,18 +250,23 @@ fn run_boots(
                 steps.push(Box::new(MoveToCgroup {
                     cgroup: cg.payload.clone(),
                 }));
+                steps.extend(network);
                 steps.push(Box::new(CgroupLimits {
                     cgroup: cg.limits.clone(),
                     files: crate::resources::cgroup_files(&plan.resources),
                 }));
             }
-            (None, Some(bus)) => steps.push(Box::new(CreateMachine {
-                bus: bus.clone(),
-                registration: registration.clone(),
-                properties: scope_properties(plan),
-                mount: cg_mount.to_path_buf(),
-                scope: None,
-            })),
+            (None, Some(bus)) => {
+                steps.extend(network);
+                steps.push(Box::new(CreateMachine {
+                    bus: bus.clone(),
+                    registration: registration.clone(),
+                    properties: scope_properties(plan),
+                    links: links.clone(),
+                    mount: cg_mount.to_path_buf(),
+                    scope: None,
+                }))
+            }
             (None, None) => unreachable!("a systemd scope needs the bus"),
         }
         let mut setup = ParentSetup::new(steps);

@@ -156,47 +156,38 @@ pub static KEYS: &[KeyDef] = &[
     key("Files", "Inaccessible", AbsolutePath)
         .repeatable()
         .describe("Make a path of the machine unreadable and unwritable for it; repeatable"),
-    // [Network]: applied by the networking issue.
+    // [Network].
     key("Network", "Private", Bool)
         .privileged()
-        .later()
         .default("no")
         .describe("Give the machine a network namespace of its own"),
     key("Network", "VirtualEthernet", Bool)
         .privileged()
-        .later()
         .default("no")
         .describe("Connect the machine to the host with a veth pair, host0 in the machine"),
     key("Network", "Bridge", InterfaceName)
         .privileged()
-        .later()
         .describe("Add the host's end of the veth pair to this bridge of the host"),
     key("Network", "Zone", ZoneName)
         .privileged()
-        .later()
         .describe("Add the host's end of the veth pair to the bridge shared by every machine of this zone"),
     key("Network", "MACAddress", MacAddress)
         .privileged()
-        .later()
         .describe("The MAC address of the machine's host0"),
     key("Network", "Address", AddressPrefix)
         .repeatable()
         .privileged()
-        .later()
         .describe("An ADDRESS/PREFIX of the machine's host0, like 192.168.100.10/24; repeatable"),
     key("Network", "Gateway", IpAddress)
         .privileged()
-        .later()
         .describe("The machine's default gateway"),
     key("Network", "DNS", IpAddress)
         .repeatable()
         .privileged()
-        .later()
         .describe("A DNS server for the machine; repeatable"),
     key("Network", "Port", PortForward)
         .repeatable()
         .privileged()
-        .later()
         .describe("Forward a host port to the machine: [tcp:|udp:]HOSTPORT[:MACHINEPORT]; repeatable"),
     // [Resources]: applied by the systemd issue.
     key("Resources", "MemoryMax", Size)

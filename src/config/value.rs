@@ -44,6 +44,60 @@ pub struct Bind {
     pub noexec: bool,
 }
 
+/// The transport protocol of a forwarded port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// [Network] Port=: a host port forwarded to a port of the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub proto: Proto,
+    pub host_port: u16,
+    pub machine_port: u16,
+}
+
+/// An address with its prefix length ([Network] Address=).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefixed {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Prefixed {
+    /// Whether `other` lies in this address's subnet (same family).
+    pub fn contains(&self, other: IpAddr) -> bool {
+        match (self.addr, other) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Prefixed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Bool(bool),
@@ -58,6 +112,10 @@ pub enum Value {
         path: String,
         options: String,
     },
+    Address(IpAddr),
+    Prefixed(Prefixed),
+    Mac([u8; 6]),
+    Forward(Forward),
 }
 
 impl fmt::Display for Value {
@@ -85,6 +143,10 @@ impl fmt::Display for Value {
             }
             Value::TmpFs { path, options } if options.is_empty() => f.write_str(path),
             Value::TmpFs { path, options } => write!(f, "{path}:{options}"),
+            Value::Address(a) => write!(f, "{a}"),
+            Value::Prefixed(p) => write!(f, "{p}"),
+            Value::Mac(m) => f.write_str(&format_mac(m)),
+            Value::Forward(p) => write!(f, "{}:{}:{}", p.proto, p.host_port, p.machine_port),
         }
     }
 }
@@ -117,13 +179,13 @@ pub fn parse(kind: Kind, text: &str) -> Parsed {
         Kind::TmpFs => tmpfs(text),
         Kind::InterfaceName => interface_name(text, 15).map(Value::Text),
         Kind::ZoneName => interface_name(text, 12).map(Value::Text),
-        Kind::MacAddress => mac(text).map(Value::Text),
-        Kind::AddressPrefix => address_prefix(text).map(Value::Text),
+        Kind::MacAddress => mac(text).map(Value::Mac),
+        Kind::AddressPrefix => address_prefix(text).map(Value::Prefixed),
         Kind::IpAddress => text
             .parse::<IpAddr>()
-            .map(|a| Value::Text(a.to_string()))
+            .map(Value::Address)
             .map_err(|_| "not an IP address".into()),
-        Kind::PortForward => port_forward(text).map(Value::Text),
+        Kind::PortForward => port_forward(text).map(Value::Forward),
         Kind::Size => size(text).map(Value::Limit),
         Kind::Percent => percent(text).map(Value::Percent),
         Kind::Weight => match text.parse::<u64>() {
@@ -360,37 +422,60 @@ fn interface_name(text: &str, max: usize) -> Result<String, String> {
     Ok(text.to_string())
 }
 
-fn mac(text: &str) -> Result<String, String> {
+fn mac(text: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = text.split(':').collect();
-    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
-    if ok {
-        Ok(text.to_ascii_lowercase())
-    } else {
-        Err("expected a MAC address like 02:00:00:12:34:56".into())
+    let mut mac = [0u8; 6];
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .zip(mac.iter_mut())
+            .all(|(p, b)| p.len() == 2 && u8::from_str_radix(p, 16).map(|v| *b = v).is_ok());
+    if !ok {
+        return Err("expected a MAC address like 02:00:00:12:34:56".into());
     }
+    if mac[0] & 1 == 1 {
+        return Err("a multicast MAC address cannot be a link's own (the first byte must be even)".into());
+    }
+    if mac == [0; 6] {
+        return Err("the MAC address 00:00:00:00:00:00 is not a link's address".into());
+    }
+    Ok(mac)
 }
 
-fn address_prefix(text: &str) -> Result<String, String> {
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn address_prefix(text: &str) -> Result<Prefixed, String> {
     let (addr, prefix) = text
         .split_once('/')
         .ok_or("expected ADDRESS/PREFIX, like 10.0.0.2/24")?;
     let addr: IpAddr = addr.parse().map_err(|_| format!("\"{addr}\" is not an IP address"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
-    match prefix.parse::<u8>() {
-        Ok(p) if p <= max => Ok(format!("{addr}/{p}")),
-        _ => Err(format!("the prefix length must be 0 to {max}")),
+    let prefix = match prefix.parse::<u8>() {
+        Ok(p) if p <= max => p,
+        _ => return Err(format!("the prefix length must be 0 to {max}")),
+    };
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+        return Err(format!("{addr} cannot be the address of a machine's link"));
     }
+    Ok(Prefixed { addr, prefix })
 }
 
-fn port_forward(text: &str) -> Result<String, String> {
+fn port_forward(text: &str) -> Result<Forward, String> {
     let (proto, rest) = match text.split_once(':') {
-        Some((p @ ("tcp" | "udp"), rest)) => (p, rest),
-        _ => ("tcp", text),
+        Some(("tcp", rest)) => (Proto::Tcp, rest),
+        Some(("udp", rest)) => (Proto::Udp, rest),
+        _ => (Proto::Tcp, text),
     };
     let (host, machine) = rest.split_once(':').unwrap_or((rest, rest));
     let port = |s: &str| s.parse::<u16>().ok().filter(|p| *p > 0);
     match (port(host), port(machine)) {
-        (Some(h), Some(m)) => Ok(format!("{proto}:{h}:{m}")),
+        (Some(host_port), Some(machine_port)) => Ok(Forward {
+            proto,
+            host_port,
+            machine_port,
+        }),
         _ => Err("expected [tcp:|udp:]HOSTPORT[:MACHINEPORT] with ports 1 to 65535".into()),
     }
 }
@@ -528,18 +613,51 @@ mod tests {
         assert_eq!(parse(Kind::Percent, "150%").unwrap().to_string(), "150%");
         assert!(parse(Kind::Weight, "0").is_err());
         assert_eq!(
-            parse(Kind::AddressPrefix, "10.0.0.2/24"),
-            Ok(Value::Text("10.0.0.2/24".into()))
+            parse(Kind::AddressPrefix, "10.0.0.2/24").unwrap().to_string(),
+            "10.0.0.2/24"
         );
+        assert_eq!(
+            parse(Kind::AddressPrefix, "fd00::2/64").unwrap().to_string(),
+            "fd00::2/64"
+        );
+        assert_eq!(
+            parse(Kind::AddressPrefix, "10.0.0.300/24").unwrap_err(),
+            "\"10.0.0.300\" is not an IP address"
+        );
+        assert_eq!(
+            parse(Kind::AddressPrefix, "fd00::2/129").unwrap_err(),
+            "the prefix length must be 0 to 128"
+        );
+        assert_eq!(
+            parse(Kind::MacAddress, "02:AA:00:00:00:01").unwrap().to_string(),
+            "02:aa:00:00:00:01"
+        );
+        assert!(parse(Kind::MacAddress, "03:00:00:00:00:01")
+            .unwrap_err()
+            .contains("multicast"));
         assert_eq!(
             parse(Kind::AddressPrefix, "10.0.0.2/33").unwrap_err(),
             "the prefix length must be 0 to 32"
         );
         assert_eq!(
             parse(Kind::PortForward, "8080:80"),
-            Ok(Value::Text("tcp:8080:80".into()))
+            Ok(Value::Forward(Forward {
+                proto: Proto::Tcp,
+                host_port: 8080,
+                machine_port: 80
+            }))
         );
-        assert_eq!(parse(Kind::PortForward, "udp:53"), Ok(Value::Text("udp:53:53".into())));
+        assert_eq!(parse(Kind::PortForward, "udp:53").unwrap().to_string(), "udp:53:53");
+        assert!(parse(Kind::PortForward, "sctp:53").is_err());
+        let net = |t: &str| match parse(Kind::AddressPrefix, t).unwrap() {
+            Value::Prefixed(p) => p,
+            _ => unreachable!(),
+        };
+        assert!(net("10.0.0.2/24").contains("10.0.0.1".parse().unwrap()));
+        assert!(!net("10.0.0.2/24").contains("10.0.1.1".parse().unwrap()));
+        assert!(net("10.0.0.2/0").contains("192.168.1.1".parse().unwrap()));
+        assert!(net("fd00::2/64").contains("fd00::1".parse().unwrap()));
+        assert!(!net("fd00::2/64").contains("10.0.0.1".parse().unwrap()));
         assert_eq!(
             parse(Kind::Capabilities, "NET_ADMIN CAP_SYS_TIME"),
             Ok(Value::Words(vec!["CAP_NET_ADMIN".into(), "CAP_SYS_TIME".into()]))
