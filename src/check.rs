@@ -47,6 +47,10 @@ pub fn check(args: CheckArgs, flags: &Flags) -> anyhow::Result<i32> {
         .clone()
         .unwrap_or_else(|| Path::new(tree::MACHINES_DIR).join(name.as_str()));
     let settings = config::load(name.as_str(), &root, explicit.as_deref(), flags)?;
+    // The checks a start makes before it changes anything.
+    let spec =
+        crate::spec::MachineSpec::from_settings(&settings).map_err(|e| anyhow::anyhow!("machine \"{name}\": {e}"))?;
+    crate::commands::check_host_network(&name, &settings, &spec)?;
     let rows = rows(&settings, &name);
 
     if args.json {

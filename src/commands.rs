@@ -67,7 +67,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 
 fn machine_spec(name: &MachineName, settings: &Settings) -> anyhow::Result<MachineSpec> {
     refuse_unapplied(name, settings)?;
-    MachineSpec::from_settings(settings).map_err(|e| anyhow!("machine \"{name}\": {e}"))
+    let spec = MachineSpec::from_settings(settings).map_err(|e| anyhow!("machine \"{name}\": {e}"))?;
+    check_host_network(name, settings, &spec)?;
+    Ok(spec)
+}
+
+/// What the host must have for the machine's network, checked before
+/// anything is made: the bridge of Bridge=.
+pub fn check_host_network(name: &MachineName, settings: &Settings, spec: &MachineSpec) -> anyhow::Result<()> {
+    if let crate::spec::HostSide::Bridge(bridge) = &spec.network.host_side {
+        if let Err(e) = crate::net::check_bridge(bridge) {
+            let origin = settings
+                .all("Network", "Bridge")
+                .last()
+                .map(|s| s.origin.to_string())
+                .unwrap_or_default();
+            bail!("machine \"{name}\": {origin}: [Network] Bridge={bridge}: {e}");
+        }
+    }
+    Ok(())
 }
 
 struct Planned {

@@ -218,10 +218,10 @@ async fn bridge_index(handle: &Handle, bridge: &str) -> Result<u32> {
     let what = format!("looking up bridge \"{bridge}\"");
     match link_by_name(handle, bridge).await.map_err(nl(what))? {
         None => Err(NetError::Refused(format!(
-            "Bridge={bridge}: the host has no interface \"{bridge}\" (create the bridge first, e.g. with systemd-networkd)"
+            "the host has no interface \"{bridge}\" (create the bridge first, e.g. with systemd-networkd)"
         ))),
         Some(l) if kind(&l) != Some(&InfoKind::Bridge) => Err(NetError::Refused(format!(
-            "Bridge={bridge}: the host's interface \"{bridge}\" is not a bridge"
+            "the host's interface \"{bridge}\" is not a bridge"
         ))),
         Some(l) => Ok(l.header.index),
     }

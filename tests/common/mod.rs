@@ -77,13 +77,29 @@ impl Machine {
     }
 
     pub fn boot_with(name: &str, args: &[&str], wrap: impl FnOnce(&mut Command) -> &mut Command) -> Machine {
+        Self::boot_cmd(berth(), name, args, wrap)
+    }
+
+    /// `boot`, with berth started in the network namespace /run/netns/NS
+    /// (by nsenter, which keeps the host's /sys and its cgroup mount).
+    pub fn boot_in_netns(ns: &str, name: &str, args: &[&str]) -> Machine {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(berth_bin());
+        Self::boot_cmd(cmd, name, args, |c| c)
+    }
+
+    fn boot_cmd(
+        mut cmd: Command,
+        name: &str,
+        args: &[&str],
+        wrap: impl FnOnce(&mut Command) -> &mut Command,
+    ) -> Machine {
         let tree = tree();
         let dir = tempfile::tempdir().unwrap();
         let sock_path = dir.path().join("notify");
         let notify = UnixDatagram::bind(&sock_path).unwrap();
         let out = std::fs::File::create(dir.path().join("console")).unwrap();
         let err = std::fs::File::create(dir.path().join("stderr")).unwrap();
-        let mut cmd = berth();
         cmd.args(["boot", name, "-D"])
             .arg(&tree)
             .arg("--console=read-only")
