@@ -221,7 +221,11 @@ mod tests {
         );
         assert_eq!(
             help("Network", "Private"),
-            "[Network] Private=: Give the machine a network namespace of its own (validated; applied by a later version) [default: no]"
+            "[Network] Private=: Give the machine a network namespace of its own [default: no]"
+        );
+        assert_eq!(
+            help("Exec", "PrivateUsers"),
+            "[Exec] PrivateUsers=: Run the machine in a user namespace of its own (validated; applied by a later version) [default: no]"
         );
     }
 

@@ -521,6 +521,80 @@ async fn configure_inside(inside: &Handle, n: &Network) -> Result<()> {
     Ok(())
 }
 
+/// The parent step of `Port=`: the machine's DNAT rules in berth's
+/// nf_tables table (for connections from other hosts and to the host's own
+/// addresses), and the loopback proxy (for 127.0.0.1 and ::1). Undone by
+/// removing the machine's chains and stopping the proxy. A machine with a
+/// link and no Port= still runs it: rules a killed run of the machine
+/// left behind go.
+pub struct PortsStep {
+    pub machine: String,
+    pub forwards: Vec<crate::nft::Forward>,
+    pub v4: Option<std::net::Ipv4Addr>,
+    pub v6: Option<std::net::Ipv6Addr>,
+    proxy: Option<crate::proxy::ProxyProcess>,
+    installed: bool,
+}
+
+impl PortsStep {
+    pub fn new(machine: &str, network: &Network) -> Self {
+        PortsStep {
+            machine: machine.to_string(),
+            forwards: network.ports.clone(),
+            v4: network.addresses.iter().find_map(|a| match a.addr {
+                IpAddr::V4(v4) => Some(v4),
+                _ => None,
+            }),
+            v6: network.addresses.iter().find_map(|a| match a.addr {
+                IpAddr::V6(v6) => Some(v6),
+                _ => None,
+            }),
+            proxy: None,
+            installed: false,
+        }
+    }
+}
+
+impl ParentStep for PortsStep {
+    fn name(&self) -> String {
+        format!("forwarding the ports of machine \"{}\"", self.machine)
+    }
+
+    fn run(&mut self, _child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>> {
+        if self.forwards.is_empty() {
+            crate::nft::remove(&self.machine)?;
+            return Ok(vec![]);
+        }
+        // The loopback ports first: one in use is refused before any rule.
+        // The proxy of a killed run of this machine dies with it, but a
+        // moment later (parent-death signal): give its ports that moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let listeners = loop {
+            match crate::proxy::bind(&self.forwards) {
+                Err(crate::proxy::ProxyError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                r => break r?,
+            }
+        };
+        self.installed = true;
+        crate::nft::install(&self.machine, self.v4, self.v6, &self.forwards)?;
+        self.proxy = Some(crate::proxy::spawn(listeners, self.v4, self.v6)?);
+        Ok(vec![])
+    }
+
+    fn undo(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            p.stop();
+        }
+        if std::mem::take(&mut self.installed) {
+            if let Err(e) = crate::nft::remove(&self.machine) {
+                tracing::warn!(machine = %self.machine, "removing the port rules of machine \"{}\": {e}", self.machine);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -210,15 +210,19 @@ fn run_boots(
         let mut steps: Vec<Box<dyn ParentStep>> = Vec::new();
         let links = crate::net::LinkIndexes::default();
         // The network before the registration, which names its links.
-        let network: Option<Box<dyn ParentStep>> = child.network.private.then(|| {
-            Box::new(crate::net::NetworkStep::new(
+        let mut network: Vec<Box<dyn ParentStep>> = Vec::new();
+        if child.network.private {
+            network.push(Box::new(crate::net::NetworkStep::new(
                 plan.name.as_str(),
                 child.network.clone(),
                 &host_id,
                 Path::new(crate::lock::LOCK_DIR),
                 links.clone(),
-            )) as Box<dyn ParentStep>
-        });
+            )));
+        }
+        if child.network.has_veth() {
+            network.push(Box::new(crate::net::PortsStep::new(plan.name.as_str(), &child.network)));
+        }
         let cg = match placement {
             Placement::SystemdScope => None,
             Placement::Unit | Placement::Own => {

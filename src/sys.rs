@@ -483,6 +483,23 @@ pub fn mount_ns_owned_by_own_user_ns() -> io::Result<bool> {
     Ok(owner_ino == own_ino)
 }
 
+/// fork(2) in a test, whose process always has a second thread (the
+/// harness runs each test on a thread of its own while its main thread
+/// waits): refuses a third. The caller runs alone in a test binary executed
+/// again for that one test (`--exact NAME --test-threads=1`), so the other
+/// thread is the harness's main thread, parked waiting for the test.
+#[cfg(test)]
+pub fn fork_in_test_harness() -> nix::Result<nix::unistd::ForkResult> {
+    if thread_count().map_err(|_| nix::errno::Errno::EIO)? > 2 {
+        return Err(nix::errno::Errno::EAGAIN);
+    }
+    // SAFETY: besides the caller, the only thread is the harness's main
+    // thread, blocked in a channel receive, which holds no lock while it
+    // waits; glibc's fork resets the allocator's and stdio's locks in the
+    // child. The child copies only the calling thread and runs its code.
+    unsafe { nix::unistd::fork() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,10 +100,6 @@ impl Drop for NetNs {
     }
 }
 
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn mac_of(m: &Machine) -> String {
     let line = m.exec_ok(&["ip", "-o", "link", "show", "host0"]);
     line.split("link/ether ")
@@ -386,4 +382,166 @@ fn bad_network_input_gets_one_line_and_creates_nothing() {
         }
     }
     assert_eq!(ns.links(), before, "a refused start made links");
+}
+
+/// Run `f` on a thread of its own in network namespace `ns` (setns moves
+/// only the calling thread).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// What a TCP server at `addr` says, or the error.
+fn ask(addr: &str) -> Result<String, String> {
+    use std::io::Read;
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    Ok(out.trim().to_string())
+}
+
+/// Ask until the machine's server answers (it starts after the boot).
+fn ask_until(ns: &str, addr: &'static str) -> Result<String, String> {
+    let ns = ns.to_string();
+    in_netns(&ns, move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match ask(addr) {
+                Ok(s) if !s.is_empty() => return Ok(s),
+                r if Instant::now() > deadline => return r,
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    })
+}
+
+/// A TCP server in the machine answering "pong" on `port`, in the
+/// background (its loop outlives nsenter, under the machine's init).
+fn serve_pong(m: &Machine, port: u16) {
+    m.exec_ok(&[
+        "sh",
+        "-c",
+        &format!("(while :; do echo pong | nc -N -l {port}; done) </dev/null >/dev/null 2>&1 &"),
+    ]);
+}
+
+#[test]
+fn a_forwarded_port_answers_from_another_host_and_from_the_hosts_loopback() {
+    let ns = NetNs::new("ports");
+    // Another host: a namespace behind a veth pair, routed through ours.
+    let client = NetNs {
+        name: "berth-t-ports-client".into(),
+    };
+    let _ = Command::new("ip").args(["netns", "del", &client.name]).output();
+    ip(&["netns", "add", &client.name]);
+    ns.ip(&[
+        "link",
+        "add",
+        "cl0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "cl1",
+        "netns",
+        &client.name,
+    ]);
+    ns.ip(&["addr", "add", "10.83.0.1/24", "dev", "cl0"]);
+    ns.ip(&["link", "set", "cl0", "up"]);
+    client.ip(&["addr", "add", "10.83.0.2/24", "dev", "cl1"]);
+    client.ip(&["link", "set", "cl1", "up"]);
+    client.ip(&["route", "add", "default", "via", "10.83.0.1"]);
+    let out = ns.run(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+    assert!(out.status.success());
+
+    let args = [
+        "--bridge=br0",
+        "--address=10.79.0.2/24",
+        "--gateway=10.79.0.1",
+        "--port=8080:80",
+    ];
+    let mut m = ns.boot("net-ports", &args);
+    serve_pong(&m, 80);
+    assert_eq!(
+        ask_until(&client.name, "10.83.0.1:8080"),
+        Ok("pong".into()),
+        "from another host"
+    );
+    assert_eq!(
+        ask_until(&ns.name, "10.79.0.1:8080"),
+        Ok("pong".into()),
+        "from the host, its own address"
+    );
+    assert_eq!(
+        ask_until(&ns.name, "127.0.0.1:8080"),
+        Ok("pong".into()),
+        "from the host's 127.0.0.1"
+    );
+    assert_eq!(
+        ask_until(&ns.name, "[::1]:8080"),
+        Ok("pong".into()),
+        "from the host's ::1"
+    );
+    // The rules are the machine's own.
+    let rules = in_netns(&ns.name, berth::nft::machines_with_rules).unwrap();
+    assert_eq!(rules, ["net-ports"]);
+
+    // SIGKILL of berth, and a new start at once with the same port.
+    m.signal(libc::SIGKILL);
+    m.wait_exit(Duration::from_secs(10));
+    let mut m = ns.boot("net-ports", &args);
+    serve_pong(&m, 80);
+    assert_eq!(
+        ask_until(&client.name, "10.83.0.1:8080"),
+        Ok("pong".into()),
+        "after a killed run"
+    );
+    assert_eq!(
+        ask_until(&ns.name, "127.0.0.1:8080"),
+        Ok("pong".into()),
+        "loopback after a killed run"
+    );
+    m.stop_ok();
+
+    // Gone with the machine: rules, proxy, links.
+    let rules = in_netns(&ns.name, berth::nft::machines_with_rules).unwrap();
+    assert!(rules.is_empty(), "rules left: {rules:?}");
+    let refused = in_netns(&ns.name, || ask("127.0.0.1:8080"));
+    assert!(refused.is_err(), "the loopback port still answers: {refused:?}");
+    ns.wait_links(|l| !l.iter().any(|n| n.starts_with("vb-")), "links after stop");
+}
+
+#[test]
+fn a_host_port_in_use_is_refused_and_nothing_is_left() {
+    let ns = NetNs::new("inuse");
+    let _busy = in_netns(&ns.name, || std::net::TcpListener::bind("127.0.0.1:8081").unwrap());
+    // The listener lives on in the namespace as long as `_busy` does.
+    let out = ns.berth(&[
+        "boot",
+        "net-inuse",
+        "-D",
+        tree().to_str().unwrap(),
+        "--read-only",
+        "--register=no",
+        "--console=pipe",
+        "--bridge=br0",
+        "--address=10.79.0.4/24",
+        "--port=8081:80",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "berth: machine \"net-inuse\": forwarding the ports of machine \"net-inuse\": tcp port 8081 on 127.0.0.1 is already in use on the host"
+    );
+    assert!(!ns.links().iter().any(|l| l.starts_with("vb-")), "{:?}", ns.links());
+    let rules = in_netns(&ns.name, berth::nft::machines_with_rules).unwrap();
+    assert!(rules.is_empty(), "{rules:?}");
 }
