@@ -379,10 +379,25 @@ impl ParentStep for NetworkStep {
             HostSide::Zone(zone) => lock_zone(&self.lock_dir, zone).ok(),
             _ => None,
         };
+        let mark = alias_of(&self.machine);
         rt.block_on(async {
-            // Deleting one end of a pair deletes both; the machine's may be
-            // gone already with its namespace.
-            let _ = host.link().del(index).execute().await;
+            // Deleting one end of a pair deletes both. The pair may be gone
+            // already with the machine's namespace, and its index given to
+            // a new link since: delete only a link that still carries the
+            // machine's mark.
+            let mine = host
+                .link()
+                .get()
+                .match_index(index)
+                .execute()
+                .try_next()
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|l| alias(&l) == Some(mark.as_str()));
+            if mine {
+                let _ = host.link().del(index).execute().await;
+            }
             if let (HostSide::Zone(zone), Some(_)) = (&self.network.host_side, &zone_lock) {
                 let _ = remove_zone_if_unused(&host, &zone_bridge(zone)).await;
             }
