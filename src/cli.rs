@@ -30,6 +30,76 @@ pub enum Command {
     /// Check machine NAME's settings (or a settings FILE) without booting, and
     /// print the effective settings with where each value came from.
     Check(CheckArgs),
+    /// List the running machines (from berth's own state in /run/berth).
+    List(ListArgs),
+    /// Show one running machine: leader, since, addresses, unit, tree.
+    Status(StatusArgs),
+    /// List the trees in /var/lib/machines: OS, size, whether a machine runs on it.
+    Images(ListArgs),
+    /// Import a tarball (plain, gzip, xz or zstd; FILE or - for stdin) as the
+    /// tree of machine NAME in /var/lib/machines.
+    ImportTar(ImportTarArgs),
+    /// Write the tree of machine NAME as a tarball (compressed as FILE's
+    /// extension says: .tar, .tar.gz, .tar.xz, .tar.zst; - for stdout, plain).
+    ExportTar(ExportTarArgs),
+    /// Write berth's man pages or shell completions (for packagers).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The machine's name.
+    pub name: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportTarArgs {
+    /// The tarball, or - for standard input.
+    pub file: PathBuf,
+    /// The machine's name (its tree becomes /var/lib/machines/NAME).
+    pub name: String,
+    /// Refuse the tarball unless its SHA-256 is this (sha256:HEX).
+    #[arg(long, value_name = "sha256:HEX")]
+    pub checksum: Option<String>,
+    /// Replace an existing tree of that name (never one a machine runs on).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportTarArgs {
+    /// The machine's name.
+    pub name: String,
+    /// The tarball to write, or - for standard output.
+    pub file: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: Generate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// berth(1), one page per subcommand, and berth.machine(5), into DIR.
+    Man { dir: PathBuf },
+    /// bash, zsh and fish completions, into DIR.
+    Completions { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,12 @@ fn main() {
         Command::Boot(args) => berth::commands::boot(args, &flags),
         Command::Run(args) => berth::commands::run(args),
         Command::Check(args) => berth::check::check(args, &flags),
+        Command::List(args) => berth::state::list(args),
+        Command::Status(args) => berth::state::status(args),
+        Command::Images(args) => berth::state::images(args),
+        Command::ImportTar(args) => berth::image::import_tar(args),
+        Command::ExportTar(args) => berth::image::export_tar(args),
+        Command::Generate(args) => berth::manual::generate(args),
     };
     match result {
         Ok(code) => std::process::exit(code),
