@@ -170,6 +170,15 @@ fn plan_child(
         }
         user = Some(creds);
     }
+    let kept_caps = spec.kept_capabilities();
+    if kept_caps.contains(&caps::Capability::CAP_NET_ADMIN) {
+        tracing::warn!(
+            machine = %tree.name,
+            "machine \"{}\" keeps CAP_NET_ADMIN without a user namespace of its own: its root can change the host's network{}",
+            tree.name,
+            if spec.network.private { " too (the veth pair's peer namespace is the host's)" } else { "" }
+        );
+    }
     let (seccomp_allow, seccomp_deny) = crate::seccomp::adjustments(&exec.system_call_filter);
     let child = ChildSpec {
         tree: tree.dir(),
@@ -178,7 +187,7 @@ fn plan_child(
         console: None,
         payload,
         env,
-        kept_caps: spec.kept_capabilities(),
+        kept_caps,
         working_directory: exec.working_directory.clone(),
         resolv_conf: exec.resolv_conf,
         files: spec.files.clone(),

@@ -120,6 +120,19 @@ fn acquire_name(dir: &Path, name: &MachineName) -> Result<Flock<File>, LockError
     }
 }
 
+/// Whether machine `name` runs: a berth holds its name lock. (A missing
+/// lock file: it does not.)
+pub fn is_running(dir: &Path, name: &str) -> bool {
+    let path = dir.join(format!("{name}.lock"));
+    let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) else {
+        return false;
+    };
+    matches!(
+        Flock::lock(file, FlockArg::LockSharedNonblock),
+        Err((_, Errno::EWOULDBLOCK))
+    )
+}
+
 /// The lock file of a tree: its name is the (st_dev, st_ino) of the tree's
 /// directory.
 pub fn tree_lock_path(dir: &Path, identity: (u64, u64)) -> PathBuf {

@@ -312,7 +312,10 @@ impl ParentStep for NetworkStep {
         let bridge = rt.block_on(async {
             match &n.host_side {
                 HostSide::Bridge(b) => bridge_index(&host, b).await.map(Some),
-                HostSide::Zone(z) => zone_bridge_index(&host, &zone_bridge(z)).await.map(Some),
+                HostSide::Zone(z) => {
+                    let marker = self.lock_dir.join(ZONES_DIR).join(format!("{z}.made"));
+                    zone_bridge_index(&host, &zone_bridge(z), &marker).await.map(Some)
+                }
                 _ => Ok(None),
             }
         })?;
@@ -365,6 +368,15 @@ impl ParentStep for NetworkStep {
                 .execute()
                 .await
                 .map_err(nl(format!("bringing {host_if} up")))?;
+            // A plain pair: the host reaches the machine's addresses
+            // through its end (the routes go with the link).
+            if bridge.is_none() {
+                for a in &n.addresses {
+                    host_route(&host, index, a.addr)
+                        .await
+                        .map_err(nl(format!("adding the route to {} through {host_if}", a.addr)))?;
+                }
+            }
             configure_inside(&inside, n).await
         })?;
         drop(zone_lock);
@@ -372,33 +384,42 @@ impl ParentStep for NetworkStep {
     }
 
     fn undo(&mut self) {
-        let Some(index) = self.made.take() else { return };
-        let Ok(rt) = runtime() else { return };
-        let Ok(host) = connect(&rt) else { return };
-        let zone_lock = match &self.network.host_side {
-            HostSide::Zone(zone) => lock_zone(&self.lock_dir, zone).ok(),
+        let made = self.made.take();
+        let zone = match &self.network.host_side {
+            HostSide::Zone(zone) => Some(zone.clone()),
             _ => None,
         };
+        if made.is_none() && zone.is_none() {
+            return;
+        }
+        let Ok(rt) = runtime() else { return };
+        let Ok(host) = connect(&rt) else { return };
+        let zone_lock = zone.as_ref().and_then(|z| lock_zone(&self.lock_dir, z).ok());
         let mark = alias_of(&self.machine);
         rt.block_on(async {
             // Deleting one end of a pair deletes both. The pair may be gone
             // already with the machine's namespace, and its index given to
             // a new link since: delete only a link that still carries the
             // machine's mark.
-            let mine = host
-                .link()
-                .get()
-                .match_index(index)
-                .execute()
-                .try_next()
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|l| alias(&l) == Some(mark.as_str()));
-            if mine {
-                let _ = host.link().del(index).execute().await;
+            if let Some(index) = made {
+                let mine = host
+                    .link()
+                    .get()
+                    .match_index(index)
+                    .execute()
+                    .try_next()
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|l| alias(&l) == Some(mark.as_str()));
+                if mine {
+                    let _ = host.link().del(index).execute().await;
+                }
             }
-            if let (HostSide::Zone(zone), Some(_)) = (&self.network.host_side, &zone_lock) {
+            // The zone's bridge goes with its last machine (or stays, when
+            // this step made it and failed before using it, only until
+            // then: it is unused and removed here).
+            if let (Some(zone), Some(_)) = (&zone, &zone_lock) {
                 let _ = remove_zone_if_unused(&host, &zone_bridge(zone)).await;
             }
         });
@@ -428,37 +449,59 @@ async fn remove_stale(host: &Handle, host_if: &str, machine: &str) -> Result<()>
     }
 }
 
-/// The zone's bridge, made (and brought up) if it does not exist.
-async fn zone_bridge_index(host: &Handle, bridge: &str) -> Result<u32> {
-    if let Some(l) = link_by_name(host, bridge)
-        .await
-        .map_err(nl(format!("looking up {bridge}")))?
-    {
-        if kind(&l) != Some(&InfoKind::Bridge) || alias(&l) != Some(ZONE_ALIAS) {
+/// The zone's bridge, made (and brought up) if it does not exist. The
+/// caller holds the zone's lock. The kernel takes the bridge's mark (its
+/// alias) only in a second message: `marker` says berth is making the
+/// bridge, so a bridge of a run killed in between (unmarked, without ports)
+/// is taken over rather than refused for ever.
+async fn zone_bridge_index(host: &Handle, bridge: &str, marker: &Path) -> Result<u32> {
+    let lookup = || async {
+        link_by_name(host, bridge)
+            .await
+            .map_err(nl(format!("looking up {bridge}")))
+    };
+    let mark = |index: u32| async move {
+        host.link()
+            .set(LinkUnspec::new_with_index(index).alias(ZONE_ALIAS).build())
+            .execute()
+            .await
+            .map_err(nl(format!("marking {bridge} as berth's")))
+    };
+    if let Some(l) = lookup().await? {
+        let ours = kind(&l) == Some(&InfoKind::Bridge)
+            && match alias(&l) {
+                Some(a) => a == ZONE_ALIAS,
+                None => marker.exists() && !has_ports(host, l.header.index).await.unwrap_or(true),
+            };
+        if !ours {
             return Err(NetError::Refused(format!(
                 "the host has an interface \"{bridge}\" that is not a zone bridge berth made; remove it or pick another zone"
             )));
         }
+        if alias(&l).is_none() {
+            mark(l.header.index).await?;
+        }
+        let _ = std::fs::remove_file(marker);
         return Ok(l.header.index);
     }
+    std::fs::write(marker, b"").map_err(io(format!("writing {}", marker.display())))?;
     let msg = LinkBridge::new(bridge).up().build();
-    match host.link().add(msg).execute().await {
-        // Another berth made it meanwhile (zones are locked, but a
-        // different lock directory could race).
-        Err(e) if errno_of(&e) == Some(libc::EEXIST) => {}
-        r => r.map_err(nl(format!("creating the zone bridge {bridge}")))?,
-    }
-    let l = link_by_name(host, bridge)
-        .await
-        .map_err(nl(format!("looking up {bridge}")))?
-        .ok_or_else(|| NetError::Refused(format!("the zone bridge {bridge} vanished as it was made")))?;
-    // The kernel ignores an alias given at creation.
     host.link()
-        .set(LinkUnspec::new_with_index(l.header.index).alias(ZONE_ALIAS).build())
+        .add(msg)
         .execute()
         .await
-        .map_err(nl(format!("marking {bridge} as berth's")))?;
+        .map_err(nl(format!("creating the zone bridge {bridge}")))?;
+    let l = lookup()
+        .await?
+        .ok_or_else(|| NetError::Refused(format!("the zone bridge {bridge} vanished as it was made")))?;
+    mark(l.header.index).await?;
+    let _ = std::fs::remove_file(marker);
     Ok(l.header.index)
+}
+
+async fn has_ports(host: &Handle, bridge: u32) -> std::result::Result<bool, rtnetlink::Error> {
+    let links: Vec<LinkMessage> = host.link().get().execute().try_collect().await?;
+    Ok(links.iter().any(|l| controller(l) == Some(bridge)))
 }
 
 /// Remove a zone's bridge when no link is on it any more (the caller holds
@@ -471,8 +514,7 @@ async fn remove_zone_if_unused(host: &Handle, bridge: &str) -> std::result::Resu
         return Ok(false);
     }
     let index = br.header.index;
-    let ports: Vec<LinkMessage> = host.link().get().execute().try_collect().await?;
-    if ports.iter().any(|l| controller(l) == Some(index)) {
+    if has_ports(host, index).await? {
         return Ok(false);
     }
     host.link().del(index).execute().await?;
@@ -494,6 +536,38 @@ async fn set_up(inside: &Handle, name: &str) -> Result<u32> {
             .map_err(nl(format!("bringing {name} up in the machine")))?;
     }
     Ok(index)
+}
+
+async fn host_route(host: &Handle, index: u32, addr: IpAddr) -> std::result::Result<(), rtnetlink::Error> {
+    let route = match addr {
+        IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(a, 32)
+            .output_interface(index)
+            .build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(a, 128)
+            .output_interface(index)
+            .build(),
+    };
+    host.route().add(route).execute().await
+}
+
+/// The index of the link the host sends `addr` out of.
+async fn route_out(host: &Handle, addr: IpAddr) -> Option<u32> {
+    use rtnetlink::packet_route::route::RouteAttribute;
+    let query = match addr {
+        IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(a, 32)
+            .build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(a, 128)
+            .build(),
+    };
+    let reply = host.route().get(query).execute().try_next().await.ok()??;
+    reply.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
 }
 
 /// lo and host0 up, Address= on host0 (IPv6 without duplicate address
@@ -547,6 +621,9 @@ pub struct PortsStep {
     pub forwards: Vec<crate::nft::Forward>,
     pub v4: Option<std::net::Ipv4Addr>,
     pub v6: Option<std::net::Ipv6Addr>,
+    /// The host link the machine's addresses must be routed through: its
+    /// end of the pair, or its bridge.
+    pub via: String,
     proxy: Option<crate::proxy::ProxyProcess>,
     installed: bool,
 }
@@ -564,6 +641,11 @@ impl PortsStep {
                 IpAddr::V6(v6) => Some(v6),
                 _ => None,
             }),
+            via: match &network.host_side {
+                HostSide::Bridge(b) => b.clone(),
+                HostSide::Zone(z) => zone_bridge(z),
+                side => host_ifname(machine, side).unwrap_or_default(),
+            },
             proxy: None,
             installed: false,
         }
@@ -577,8 +659,42 @@ impl ParentStep for PortsStep {
 
     fn run(&mut self, _child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>> {
         if self.forwards.is_empty() {
-            crate::nft::remove(&self.machine)?;
+            // Only rules a killed run may have left: a host without
+            // nf_tables has none.
+            if let Err(e) = crate::nft::remove(&self.machine) {
+                tracing::debug!(machine = %self.machine, "no port rules to remove: {e}");
+            }
             return Ok(vec![]);
+        }
+        // The targets must be the machine's: the host must send them
+        // through the machine's link, else forwarded connections (and
+        // local clients of 127.0.0.1) would go to whoever owns the
+        // address elsewhere.
+        let rt = runtime()?;
+        let host = connect(&rt)?;
+        let via = self.via.clone();
+        rt.block_on(async {
+            let link = link_by_name(&host, &via)
+                .await
+                .map_err(nl(format!("looking up {via}")))?
+                .ok_or_else(|| NetError::Refused(format!("the host has no {via}")))?;
+            for addr in self.v4.map(IpAddr::V4).into_iter().chain(self.v6.map(IpAddr::V6)) {
+                let out = route_out(&host, addr).await;
+                if out != Some(link.header.index) {
+                    return Err(NetError::Refused(format!(
+                        "Port= forwards to {addr}, but the host does not route {addr} through {via}: give {via} an address in that subnet"
+                    )));
+                }
+            }
+            Ok(())
+        })?;
+        drop(rt);
+        // Rules of machines that no longer run (a killed run, a renamed
+        // machine) go, so they cannot catch this machine's ports.
+        for other in crate::nft::machines_with_rules().unwrap_or_default() {
+            if other != self.machine && !crate::lock::is_running(Path::new(crate::lock::LOCK_DIR), &other) {
+                let _ = crate::nft::remove(&other);
+            }
         }
         // The loopback ports first: one in use is refused before any rule.
         // The proxy of a killed run of this machine dies with it, but a

@@ -118,6 +118,18 @@ const RET_ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
 /// args[0] of struct seccomp_data, its low 32 bits (little-endian).
 #[cfg(target_endian = "little")]
 const OFFSET_ARG0_LOW: u32 = 16;
+/// args[1], its low 32 bits: an ioctl's request (the kernel reads it as an
+/// unsigned int, so the high bits do not matter).
+#[cfg(target_endian = "little")]
+const OFFSET_ARG1_LOW: u32 = 24;
+/// ioctl(SIOCGSKNS): a descriptor of a socket's network namespace. A
+/// socket berth's caller handed down (the journal's stream as stdout, say)
+/// lives in the host's network namespace; with it, root in a machine of its
+/// own network could setns(2) back into the host's. Refused everywhere.
+const SIOCGSKNS: u32 = 0x894C;
+const NATIVE_IOCTL: u32 = libc::SYS_ioctl as u32;
+#[cfg(target_arch = "x86_64")]
+const I386_IOCTL: u32 = 54;
 
 fn stmt(code: u32, k: u32) -> libc::sock_filter {
     libc::sock_filter {
@@ -145,6 +157,7 @@ enum Label {
     Deny,
     NoSys,
     Flags,
+    Ioctl,
 }
 
 /// One instruction with symbolic jump targets.
@@ -190,7 +203,7 @@ const I386_NS_CALLS: NsCalls = NsCalls {
 /// confined. systemd in the machine takes EPERM from unshare(CLONE_NEWNS) as
 /// "containerized, no sandboxing" and starts the service without its mount
 /// sandbox (its setup_namespace() maps EPERM to ENOANO for that).
-fn arch_block(arch: u32, nrs: &[u32], x32_guard: bool, ns: Option<NsCalls>) -> Vec<libc::sock_filter> {
+fn arch_block(arch: u32, nrs: &[u32], x32_guard: bool, ioctl: u32, ns: Option<NsCalls>) -> Vec<libc::sock_filter> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
     let ld = |k| Ins {
         code: BPF_LD | BPF_W | BPF_ABS,
@@ -221,6 +234,7 @@ fn arch_block(arch: u32, nrs: &[u32], x32_guard: bool, ns: Option<NsCalls>) -> V
     }
     // The admin's denials first, so `~unshare` still denies all of it.
     body.extend(nrs.iter().map(|&nr| jeq(nr, Label::Deny)));
+    body.push(jeq(ioctl, Label::Ioctl));
     if let Some(calls) = ns {
         body.push(jeq(calls.clone3, Label::NoSys));
         body.push(jeq(calls.unshare, Label::Flags));
@@ -230,6 +244,14 @@ fn arch_block(arch: u32, nrs: &[u32], x32_guard: bool, ns: Option<NsCalls>) -> V
     // an allow, then come the flags block and the shared returns.
     body.push(ret(RET_ALLOW));
     let mut labels: Vec<(Label, usize)> = Vec::new();
+    labels.push((Label::Ioctl, body.len()));
+    body.push(ld(OFFSET_ARG1_LOW));
+    body.push(Ins {
+        code: BPF_JMP | BPF_JEQ | BPF_K,
+        k: SIOCGSKNS,
+        jt: Label::Deny,
+        jf: Label::Allow,
+    });
     if ns.is_some() {
         // flags (the first argument of both calls, low 32 bits):
         // CLONE_NEWUSER -> allow; else CLONE_NEWNS -> deny; else allow.
@@ -409,6 +431,7 @@ pub fn program_with(allow: &[i64], deny: &[i64], confine_ns: bool) -> Vec<libc::
         AUDIT_ARCH_NATIVE,
         &native,
         cfg!(target_arch = "x86_64"),
+        NATIVE_IOCTL,
         confine_ns.then_some(NATIVE_NS_CALLS),
     );
     #[cfg(target_arch = "x86_64")]
@@ -423,6 +446,7 @@ pub fn program_with(allow: &[i64], deny: &[i64], confine_ns: bool) -> Vec<libc::
             AUDIT_ARCH_I386,
             &i386,
             false,
+            I386_IOCTL,
             confine_ns.then_some(I386_NS_CALLS),
         ));
     }
@@ -445,6 +469,10 @@ mod tests {
     }
 
     fn run_with(prog: &[libc::sock_filter], arch: u32, nr: u32, arg0: u32) -> u32 {
+        run_args(prog, arch, nr, arg0, 0)
+    }
+
+    fn run_args(prog: &[libc::sock_filter], arch: u32, nr: u32, arg0: u32, arg1: u32) -> u32 {
         let (mut pc, mut acc) = (0usize, 0u32);
         loop {
             let ins = prog[pc];
@@ -455,6 +483,7 @@ mod tests {
                         OFFSET_ARCH => arch,
                         OFFSET_NR => nr,
                         OFFSET_ARG0_LOW => arg0,
+                        OFFSET_ARG1_LOW => arg1,
                         k => panic!("load of offset {k}"),
                     };
                     pc += 1;
@@ -470,6 +499,23 @@ mod tests {
                 }
                 c if c == libc::BPF_RET | libc::BPF_K => return ins.k,
                 other => panic!("unexpected BPF code {other:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_network_namespace_of_a_socket_is_refused_other_ioctls_pass() {
+        for prog in [program(), program_with(&[], &[], false)] {
+            let ioctl = libc::SYS_ioctl as u32;
+            assert_eq!(run_args(&prog, AUDIT_ARCH_NATIVE, ioctl, 3, SIOCGSKNS), RET_EPERM);
+            assert_eq!(
+                run_args(&prog, AUDIT_ARCH_NATIVE, ioctl, 3, libc::TIOCGWINSZ as u32),
+                RET_ALLOW
+            );
+            #[cfg(target_arch = "x86_64")]
+            {
+                assert_eq!(run_args(&prog, AUDIT_ARCH_I386, 54, 3, SIOCGSKNS), RET_EPERM);
+                assert_eq!(run_args(&prog, AUDIT_ARCH_I386, 54, 3, 0x5401), RET_ALLOW);
             }
         }
     }

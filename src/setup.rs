@@ -66,6 +66,9 @@ impl ParentSetup {
                     self.done += 1;
                 }
                 Err(cause) => {
+                    // The failing step's own partial work first (undo is
+                    // safe on a step that did nothing), then the others.
+                    step.undo();
                     let step = step.name();
                     self.undo_all();
                     return Err(StepError { step, cause });
@@ -320,6 +323,7 @@ mod tests {
                 "run cgroup on 4242",
                 "run veth on 4242",
                 "run bridge on 4242",
+                "undo bridge",
                 "undo veth",
                 "undo cgroup"
             ]

@@ -473,10 +473,12 @@ impl MachineSpec {
         } else {
             crate::caps::KEPT.to_vec()
         };
-        // With a network of its own, the machine configures it (as nspawn).
-        if self.network.private && !kept.contains(&caps::Capability::CAP_NET_ADMIN) {
-            kept.push(caps::Capability::CAP_NET_ADMIN);
-        }
+        // Not CAP_NET_ADMIN, even with a network of its own (nspawn keeps
+        // it): without a user namespace of its own, the machine's root
+        // would hold it over the host's network namespace too, which the
+        // veth pair makes reachable by netlink (IFLA_TARGET_NETNSID). berth
+        // configures host0 itself; Capability=CAP_NET_ADMIN is the admin's
+        // explicit choice (berth warns).
         for c in &self.exec.capability.caps {
             if !kept.contains(c) {
                 kept.push(*c);

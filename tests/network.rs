@@ -545,3 +545,100 @@ fn a_host_port_in_use_is_refused_and_nothing_is_left() {
     let rules = in_netns(&ns.name, berth::nft::machines_with_rules).unwrap();
     assert!(rules.is_empty(), "{rules:?}");
 }
+
+#[test]
+fn root_inside_cannot_reach_the_hosts_network_namespace() {
+    let ns = NetNs::new("escape");
+    let dir = tempfile::tempdir().unwrap();
+    let ini = dir.path().join("net-escape.ini");
+    std::fs::write(&ini, "[Files]\nReadOnly=yes\n[Network]\nVirtualEthernet=yes\n").unwrap();
+    let run = |command: &str, stdout: std::process::Stdio| {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg("--")
+            .arg(berth_bin())
+            .args(["run", "net-escape", "-D", tree().to_str().unwrap(), "--register=no"])
+            .args([
+                "--console=pipe",
+                "--config",
+                ini.to_str().unwrap(),
+                "--",
+                "sh",
+                "-c",
+                command,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .output()
+            .unwrap()
+    };
+    // No CAP_NET_ADMIN: with it, the veth pair's peer (the host's
+    // namespace, netnsid 0 inside) would be the machine's to change.
+    let out = run(
+        "grep CapBnd /proc/self/status; ip link add x type veth peer name y 2>&1; ip link set host0 down 2>&1",
+        std::process::Stdio::piped(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bnd = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(bnd & (1 << 12), 0, "CAP_NET_ADMIN is in the bounding set");
+    assert_eq!(
+        text.matches("Operation not permitted").count(),
+        2,
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A socket of the host's namespace as stdout (as the journal's stream
+    // is for a service): SIOCGSKNS on it would hand root inside a
+    // descriptor of the host's network namespace to setns(2) into.
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    drop(mine);
+    let out = run(
+        "perl -e 'my $r = ioctl(STDOUT, 0x894C, 0); print STDERR (defined $r ? \"got a namespace\" : \"refused: $!\")'",
+        std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "refused: Operation not permitted"
+    );
+}
+
+#[test]
+fn a_port_is_forwarded_only_to_an_address_routed_through_the_machines_link() {
+    let ns = NetNs::new("route");
+    // 10.50.0.0/24 is not br0's subnet: the host would send forwarded
+    // connections elsewhere (here: nowhere; on a server: its uplink).
+    let out = ns.berth(&[
+        "boot",
+        "net-route",
+        "-D",
+        tree().to_str().unwrap(),
+        "--read-only",
+        "--register=no",
+        "--console=pipe",
+        "--bridge=br0",
+        "--address=10.50.0.2/24",
+        "--port=8082:80",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "berth: machine \"net-route\": forwarding the ports of machine \"net-route\": Port= forwards to 10.50.0.2, but the host does not route 10.50.0.2 through br0: give br0 an address in that subnet"
+    );
+    assert!(!ns.links().iter().any(|l| l.starts_with("vb-")), "{:?}", ns.links());
+    // A plain pair: berth routes the machine's addresses through its end.
+    let mut m = ns.boot(
+        "net-route",
+        &["--virtual-ethernet=yes", "--address=10.51.0.2/24", "--port=8082:80"],
+    );
+    assert!(ns.ip(&["route", "get", "10.51.0.2"]).contains("dev ve-net-route"));
+    // The way back is the admin's (networkd's, for ve-*): an address on
+    // the host's end in the machine's subnet.
+    ns.ip(&["addr", "add", "10.51.0.1/24", "dev", "ve-net-route"]);
+    serve_pong(&m, 80);
+    assert_eq!(ask_until(&ns.name, "127.0.0.1:8082"), Ok("pong".into()));
+    m.stop_ok();
+}
