@@ -49,6 +49,8 @@ pub use crate::nft::{Forward, Proto};
 pub enum ProxyError {
     #[error("{proto} port {port} on {addr} is already in use on the host")]
     InUse { proto: Proto, port: u16, addr: IpAddr },
+    #[error("{proto} port {port} is already in use on the host")]
+    InUseSomewhere { proto: Proto, port: u16 },
     #[error("cannot listen on {proto} port {port} on {addr}: {}", os_error(source))]
     Listen {
         proto: Proto,
@@ -105,6 +107,19 @@ pub fn bind(forwards: &[Forward]) -> Result<Listeners, ProxyError> {
                 proto: f.proto,
                 port: f.host_port,
             });
+        }
+        // A host service on this port on any address would lose it to the
+        // DNAT rules without a word: a bind of the wildcard address fails
+        // when any address has the port.
+        for any in [IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)] {
+            match listen_on(f, any) {
+                Ok(probe) => drop(probe),
+                Err(ProxyError::InUse { proto, port, .. }) => {
+                    return Err(ProxyError::InUseSomewhere { proto, port });
+                }
+                // No IPv6 on this host: nothing listens there.
+                Err(_) => {}
+            }
         }
         all.push(listen_on(f, IpAddr::V4(Ipv4Addr::LOCALHOST))?);
         match listen_on(f, IpAddr::V6(Ipv6Addr::LOCALHOST)) {
@@ -240,6 +255,9 @@ fn start(
     }
 }
 
+/// The uid and gid the proxy runs as (the kernel's overflow id, "nobody").
+const NOBODY: u32 = 65534;
+
 /// How much the proxy takes on: at most `tcp_connections` connections per
 /// TCP listener (more wait in the kernel's backlog), `udp_clients` clients
 /// per UDP listener (datagrams of more are dropped), each forgotten after
@@ -291,7 +309,20 @@ fn child_main(listeners: Listeners, target: IpAddr, parent: Pid) -> Result<Infal
         .map_err(|e| format!("unblocking signals: {}", e.desc()))?;
     let _ = nix::sys::prctl::set_name(c"berth-proxy");
     raise_fd_limit(&listeners, LIMITS);
-    // Sockets are all it needs from here on.
+    // Sockets are all it needs from here on: not even root's uid (which
+    // could still signal root's processes and write root's files).
+    let nobody_uid = nix::unistd::Uid::from_raw(NOBODY);
+    let nobody_gid = nix::unistd::Gid::from_raw(NOBODY);
+    nix::unistd::setgroups(&[])
+        .and_then(|()| nix::unistd::setresgid(nobody_gid, nobody_gid, nobody_gid))
+        .and_then(|()| nix::unistd::setresuid(nobody_uid, nobody_uid, nobody_uid))
+        .map_err(|e| format!("becoming nobody: {}", e.desc()))?;
+    // The uid change cleared the parent-death signal: again, and check
+    // once more that the supervisor is still there.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("setting the parent-death signal: {e}"))?;
+    if nix::unistd::getppid() != parent {
+        sys::exit_now(0);
+    }
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("setting no_new_privs: {}", e.desc()))?;
     for set in [
         caps::CapSet::Ambient,
@@ -824,15 +855,23 @@ mod tests {
         ];
         let first = bind(&forwards).unwrap();
         let e = bind(&forwards).unwrap_err().to_string();
-        assert_eq!(e, format!("tcp port {tcp} on 127.0.0.1 is already in use on the host"));
+        assert_eq!(e, format!("tcp port {tcp} is already in use on the host"));
         let e = bind(&forwards[1..]).unwrap_err().to_string();
-        assert_eq!(e, format!("udp port {udp} on 127.0.0.1 is already in use on the host"));
+        assert_eq!(e, format!("udp port {udp} is already in use on the host"));
+        drop(first);
+        // A host service on another address of the host has the port too:
+        // the DNAT rules would take it from that service without a word.
+        let elsewhere = std::net::TcpListener::bind(("127.0.0.2", tcp)).unwrap();
+        let e = bind(&forwards).unwrap_err().to_string();
+        assert_eq!(e, format!("tcp port {tcp} is already in use on the host"));
+        drop(elsewhere);
+        let first = bind(&forwards).unwrap();
         drop(first);
 
         if has_ipv6_loopback() {
             let taken = std::net::TcpListener::bind(("::1", tcp)).unwrap();
             let e = bind(&forwards).unwrap_err().to_string();
-            assert_eq!(e, format!("tcp port {tcp} on ::1 is already in use on the host"));
+            assert_eq!(e, format!("tcp port {tcp} is already in use on the host"));
             drop(taken);
         }
         // All or nothing: the failed binds left nothing bound.

@@ -378,6 +378,9 @@ impl MachineSpec {
                     },
                     ("Network", "Address") => match v {
                         Value::Prefixed(p) => {
+                            if n.addresses.iter().any(|a| a.addr == p.addr) {
+                                return Err(format!("the address {} is given twice", p.addr));
+                            }
                             n.addresses.push(*p);
                             needs_veth.get_or_insert((origin.to_string(), def.key, v.to_string()));
                         }
@@ -445,8 +448,11 @@ impl MachineSpec {
                 "{origin}: [Network] {key}={value}: {what}: set VirtualEthernet=yes, Bridge= or Zone="
             ));
         }
+        // An IPv6 gateway may be link-local (fe80::/10), as routers are.
+        let link_local =
+            |gw: std::net::IpAddr| matches!(gw, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
         if let (Some(gw), Some(origin)) = (n.gateway, gateway) {
-            if !n.addresses.iter().any(|a| a.contains(gw)) {
+            if !link_local(gw) && !n.addresses.iter().any(|a| a.contains(gw)) {
                 let subnets: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
                 let why = if subnets.is_empty() {
                     "the gateway must lie in the subnet of an Address=, and there is none".to_string()
@@ -620,6 +626,11 @@ mod tests {
             network("VirtualEthernet=yes\nAddress=10.0.0.2/24\nPort=8080:80\nPort=tcp:8080:81\n").unwrap_err(),
             format!("{f}:5: [Network] Port=tcp:8080:81: host port tcp:8080 is already forwarded (to port 80 of the machine)")
         );
+        assert_eq!(
+            network("VirtualEthernet=yes\nAddress=10.0.0.2/24\nAddress=10.0.0.2/16\n").unwrap_err(),
+            format!("{f}:4: [Network] Address=10.0.0.2/16: the address 10.0.0.2 is given twice")
+        );
+        assert!(network("VirtualEthernet=yes\nAddress=fd00::2/64\nGateway=fe80::1\n").is_ok());
         assert_eq!(
             network("VirtualEthernet=yes\nPort=8080\n").unwrap_err(),
             format!(

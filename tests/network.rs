@@ -539,7 +539,7 @@ fn a_host_port_in_use_is_refused_and_nothing_is_left() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        "berth: machine \"net-inuse\": forwarding the ports of machine \"net-inuse\": tcp port 8081 on 127.0.0.1 is already in use on the host"
+        "berth: machine \"net-inuse\": forwarding the ports of machine \"net-inuse\": tcp port 8081 is already in use on the host"
     );
     assert!(!ns.links().iter().any(|l| l.starts_with("vb-")), "{:?}", ns.links());
     let rules = in_netns(&ns.name, berth::nft::machines_with_rules).unwrap();

@@ -180,11 +180,11 @@ pub static KEYS: &[KeyDef] = &[
         .describe("An ADDRESS/PREFIX of the machine's host0, like 192.168.100.10/24; repeatable"),
     key("Network", "Gateway", IpAddress)
         .privileged()
-        .describe("The machine's default gateway"),
+        .describe("The machine's default gateway: inside the subnet of an Address=, or an IPv6 link-local address"),
     key("Network", "DNS", IpAddress)
         .repeatable()
         .privileged()
-        .describe("A DNS server for the machine; repeatable"),
+        .describe("A DNS server for the machine; repeatable. Given, the machine's /etc/resolv.conf names these (and ResolvConf= does not apply)"),
     key("Network", "Port", PortForward)
         .repeatable()
         .privileged()
