@@ -726,6 +726,35 @@ impl ParentStep for PortsStep {
     }
 }
 
+/// The global addresses of a running machine's links (lo left out), read
+/// in its network namespace, as machined's GetMachineAddresses does.
+pub fn machine_addresses(leader: i32) -> Result<Vec<IpAddr>> {
+    use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
+    let ns = std::fs::File::open(format!("/proc/{leader}/ns/net"))
+        .map_err(io(format!("opening the network namespace of process {leader}")))?;
+    let rt = runtime()?;
+    let inside = connect_in(&rt, &ns, &format!("process {leader}"))?;
+    rt.block_on(async {
+        let all: Vec<_> = inside
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing the machine's addresses"))?;
+        Ok(all
+            .iter()
+            .filter(|a| a.header.scope == AddressScope::Universe)
+            .filter_map(|a| {
+                a.attributes.iter().find_map(|at| match at {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            })
+            .collect())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,6 +155,25 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
     } else {
         None
     };
+    let unit = match placement {
+        Placement::Unit => unit_name.clone(),
+        Placement::SystemdScope | Placement::Own => cgroup::scope_name(&plan.name),
+    };
+    let record = crate::state::Record {
+        name: plan.name.to_string(),
+        leader: 0,
+        supervisor: std::process::id() as i32,
+        since: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default(),
+        tree: child.tree.show("/"),
+        unit,
+        links: crate::net::host_ifname(plan.name.as_str(), &child.network.host_side)
+            .into_iter()
+            .collect(),
+        private_network: child.network.private,
+    };
     let result = run_boots(
         plan,
         &child,
@@ -168,8 +187,10 @@ pub fn run(plan: &Plan) -> anyhow::Result<i32> {
             unit_name: &unit_name,
             cg_mount: &cg_mount,
             own_cgroup: &own_cgroup,
+            record,
         },
     );
+    crate::state::remove(Path::new(crate::lock::LOCK_DIR), plan.name.as_str());
     if let Some(link) = journal_link {
         let _ = std::fs::remove_file(link);
     }
@@ -184,6 +205,8 @@ struct RunContext<'a> {
     unit_name: &'a str,
     cg_mount: &'a Path,
     own_cgroup: &'a str,
+    /// What `berth list` reads, written at each boot.
+    record: crate::state::Record,
 }
 
 /// Boot the machine again and again until it ends for good.
@@ -202,6 +225,7 @@ fn run_boots(
         unit_name,
         cg_mount,
         own_cgroup,
+        mut record,
     } = cx;
 
     let host_id = crate::tree::host_machine_id().unwrap_or_default();
@@ -275,7 +299,7 @@ fn run_boots(
         }
         let mut setup = ParentSetup::new(steps);
         let payload = cg.as_ref().map(|c| c.payload.as_path());
-        let outcome = boot_once(plan, child, payload, &mut setup, sfd, pty);
+        let outcome = boot_once(plan, child, payload, &mut setup, sfd, pty, &mut record);
         // The machine is gone (or never came): what the steps set up is
         // undone, last first, and its cgroup goes too.
         setup.undo_all();
@@ -328,12 +352,17 @@ fn boot_once(
     setup: &mut ParentSetup,
     sfd: &SignalFd,
     pty: Option<&Pty>,
+    record: &mut crate::state::Record,
 ) -> anyhow::Result<Outcome> {
     let pending = spawn::start(child, cgroup)?;
     let fds = setup
         .run(pending.handle())
         .map_err(|e| anyhow::Error::from(e).context(format!("machine \"{}\"", plan.name)))?;
     let (leader, chan) = pending.go(fds)?;
+    record.leader = leader.as_raw();
+    if let Err(e) = crate::state::write(Path::new(crate::lock::LOCK_DIR), record) {
+        tracing::warn!(machine = %plan.name, "cannot write machine \"{}\"'s record for berth list: {e}", plan.name);
+    }
     Boot::new(plan, leader, chan, sfd, pty).run()
 }
 
