@@ -167,9 +167,12 @@ fn command(tool: Tool, berth: &Path, tree: &Path) -> Command {
                 "-D",
             ])
             .arg(tree);
-            if let Tool::BerthAddress = tool {
-                c.arg(format!("--address={MACHINE}/24"));
-            }
+            match tool {
+                Tool::BerthAddress => c.arg(format!("--address={MACHINE}/24")),
+                // The guest's networkd needs CAP_NET_ADMIN, which berth
+                // keeps only when asked (nspawn keeps it).
+                _ => c.arg("--capability=CAP_NET_ADMIN"),
+            };
             c
         }
         Tool::Nspawn => {

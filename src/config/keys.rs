@@ -72,7 +72,9 @@ pub fn kebab(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();
     let mut out = String::new();
     for (i, &c) in chars.iter().enumerate() {
-        let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+        // A lone plural "s" after an acronym (CPUs) belongs to it.
+        let plural = chars.get(i + 1) == Some(&'s') && chars.get(i + 2).is_none();
+        let next_lower = !plural && chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
         let prev_lower = i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
         if c.is_ascii_uppercase() && i > 0 && (prev_lower || next_lower) {
             out.push('-');
@@ -307,6 +309,7 @@ mod tests {
             "DNS",
             "Boot",
             "TasksMax",
+            "AllowedCPUs",
         ]
         .iter()
         .map(|k| kebab(k))
@@ -320,7 +323,8 @@ mod tests {
                 "io-weight",
                 "dns",
                 "boot",
-                "tasks-max"
+                "tasks-max",
+                "allowed-cpus"
             ]
         );
     }
