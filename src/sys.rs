@@ -365,6 +365,33 @@ pub fn get_xattr(path: &std::path::Path, name: &str) -> io::Result<Option<Vec<u8
     }
 }
 
+/// `listxattr(2)`: the names of the extended attributes of `path` (links
+/// followed; `/proc/self/fd/N` names exactly the inode of N, a symbolic
+/// link's too when N was opened O_PATH|O_NOFOLLOW). For export-tar.
+pub fn list_xattr(path: &std::path::Path) -> io::Result<Vec<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    /// XATTR_LIST_MAX of linux/limits.h: no list is longer.
+    const MAX: usize = 65536;
+    let c_path = c_string(path.as_os_str().as_bytes())?;
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: the path is NUL-terminated, and the kernel writes at most
+        // `buf.len()` bytes to `buf`, which outlives the call.
+        let ret = unsafe { libc::listxattr(c_path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if ret >= 0 {
+            buf.truncate(ret as usize);
+            let names = buf.split(|b| *b == 0).filter(|n| !n.is_empty());
+            return Ok(names.map(<[u8]>::to_vec).collect());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // The list grew since the buffer was sized: try a larger one.
+            Some(libc::ERANGE) if buf.len() < MAX => buf.resize(buf.len() * 4, 0),
+            _ => return Err(e),
+        }
+    }
+}
+
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
