@@ -108,6 +108,15 @@ const ALLOWED_CHAR_DEVICES: &[(u64, u64, &str)] = &[
     (10, 200, "net/tun"),
 ];
 
+/// The extended attributes import-tar sets: user.*, the POSIX ACLs and
+/// file capabilities.
+fn importable_xattr(name: &str) -> bool {
+    name.starts_with("user.")
+        || name == "system.posix_acl_access"
+        || name == "system.posix_acl_default"
+        || name == "security.capability"
+}
+
 /// Reads and writes of file data go through buffers of this size.
 const BUF_SIZE: usize = 256 * 1024;
 
@@ -643,6 +652,12 @@ const BLOCK: usize = 512;
 
 /// The most the extension headers of one entry may hold.
 const MAX_EXTENSION: u64 = 16 << 20;
+/// The most the extension headers of one entry (x, L, K) may add up to,
+/// and all global (g) headers together.
+const MAX_EXTENSIONS_PER_ENTRY: u64 = 16 << 20;
+const MAX_GLOBAL: u64 = 1 << 20;
+/// The xz decoder's memory limit (xz -9 needs 65 MiB).
+const XZ_MEMLIMIT: u64 = 256 << 20;
 
 /// One entry of the stream; its data (`size` bytes) is read next.
 #[derive(Debug, Default)]
@@ -672,6 +687,8 @@ pub struct TarStream<R> {
     pad: u64,
     /// PAX global records ('g'), under every later entry's own.
     global: Vec<(String, Vec<u8>)>,
+    /// The bytes of all global headers read (bounded by MAX_GLOBAL).
+    global_bytes: u64,
     /// Headers read, and bytes (for messages).
     headers: u64,
     pos: u64,
@@ -752,6 +769,7 @@ impl<R: Read> TarStream<R> {
             left: 0,
             pad: 0,
             global: Vec::new(),
+            global_bytes: 0,
             headers: 0,
             pos: 0,
         }
@@ -805,6 +823,7 @@ impl<R: Read> TarStream<R> {
         self.left = 0;
         self.pad = 0;
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut extension_bytes: u64 = 0;
         let mut long_name = None;
         let mut long_link = None;
         loop {
@@ -828,6 +847,18 @@ impl<R: Read> TarStream<R> {
             let field =
                 |what: &str, r: std::ops::Range<usize>| number(&h[r]).map_err(|e| anyhow!("a header's {what} is {e}"));
             let size = field("size", 124..136)?;
+            if matches!(h[156], b'x' | b'L' | b'K') {
+                extension_bytes = extension_bytes.saturating_add(size);
+                if extension_bytes > MAX_EXTENSIONS_PER_ENTRY {
+                    bail!("extension headers of more than {MAX_EXTENSIONS_PER_ENTRY} bytes for one entry, more than berth reads");
+                }
+            }
+            if h[156] == b'g' {
+                self.global_bytes = self.global_bytes.saturating_add(size);
+                if self.global_bytes > MAX_GLOBAL {
+                    bail!("global extension headers of more than {MAX_GLOBAL} bytes, more than berth reads");
+                }
+            }
             match h[156] {
                 b'x' => pax.extend(parse_pax(&self.extension(size)?).map_err(|e| anyhow!(e))?),
                 b'g' => {
@@ -1109,9 +1140,15 @@ fn extract(input: &mut Input<'_>, root_fd: &OwnedFd, shown: &Path, progress: &Pr
             BUF_SIZE,
             flate2::bufread::MultiGzDecoder::new(raw),
         )),
+        // A memory limit: the stream's header chooses the dictionary size,
+        // and xz2's own decoders accept any.
         Compression::Xz => Box::new(BufReader::with_capacity(
             BUF_SIZE,
-            xz2::bufread::XzDecoder::new_multi_decoder(raw),
+            xz2::bufread::XzDecoder::new_stream(
+                raw,
+                xz2::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, xz2::stream::CONCATENATED)
+                    .context("starting the xz decoder")?,
+            ),
         )),
         Compression::Zstd => Box::new(BufReader::with_capacity(
             BUF_SIZE,
@@ -1230,6 +1267,8 @@ struct Extractor<'a> {
     dir_times: Vec<(Vec<u8>, TimeSpec)>,
     root_mtime: Option<TimeSpec>,
     pending_acls: Vec<PendingAcl>,
+    /// Extended attributes not imported, each said once.
+    skipped_xattrs: std::collections::HashSet<String>,
     buf: Vec<u8>,
     entries: u64,
 }
@@ -1253,6 +1292,7 @@ impl<'a> Extractor<'a> {
             dir_times: Vec::new(),
             root_mtime: None,
             pending_acls: Vec::new(),
+            skipped_xattrs: Default::default(),
             buf: vec![0; BUF_SIZE],
             entries: 0,
         }
@@ -1622,6 +1662,19 @@ impl<'a> Extractor<'a> {
     fn set_xattrs(&mut self, fd: BorrowedFd<'_>, e: &TarEntry, fail: &Fail<'_>) -> anyhow::Result<()> {
         let path = fd_path(fd);
         for (name, value) in &e.xattrs {
+            // Only what a tree's files may carry for the machine: user
+            // xattrs, ACLs and file capabilities. trusted.* is read by the
+            // host's kernel (overlayfs takes trusted.overlay.* of a lower
+            // layer, as Volatile=overlay makes the tree) and security.*
+            // labels are the host's policy's: never set from a tarball.
+            if !importable_xattr(name) {
+                if self.skipped_xattrs.insert(name.clone()) {
+                    tracing::info!(
+                        "not importing the extended attribute {name} (only user.*, ACLs and security.capability are)"
+                    );
+                }
+                continue;
+            }
             crate::sys::set_xattr(&path, name, value)
                 .map_err(|err| fail(format!("setting its extended attribute {name}: {}", os_error(&err))))?;
         }
