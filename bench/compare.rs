@@ -6,6 +6,9 @@
 //!   sudo BERTH_TEST_TREE=$(sudo tests/prepare-tree) cargo bench --bench compare
 //!   (BENCH_RUNS=N to change the number of runs per tool, default 7)
 
+#[path = "common.rs"]
+mod common;
+use common::{fail, is_root, median};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,7 +28,7 @@ struct Sample {
 }
 
 fn main() {
-    if !nix_is_root() {
+    if !is_root() {
         fail("the benchmark boots machines: run it as root");
     }
     let tree = PathBuf::from(std::env::var("BERTH_TEST_TREE").unwrap_or_else(|_| {
@@ -69,25 +72,6 @@ fn main() {
         let nm = median(n.iter().map(f).collect());
         println!("{label:<34} {bm:>10.1} {nm:>10.1} {:>7.2}  {goal}", bm / nm);
     }
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("bench: {msg}");
-    std::process::exit(1)
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .map(|u| u.split_whitespace().nth(1) == Some("0"))
-        .unwrap_or(false)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn command(tool: Tool, berth: &Path, tree: &Path, boot: bool) -> Command {

@@ -21,6 +21,9 @@
 //! --bench); it imports into /var/lib/machines and is removed with
 //! `machinectl remove`. That part is wired there, not in this host bench.
 
+#[path = "common.rs"]
+mod common;
+use common::{fail, is_root, median};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -104,25 +107,6 @@ fn main() {
         let tm = median(t.iter().map(ft).collect());
         println!("{label:<40} {bm:>10.2} {tm:>10.2} {:>7.2}  {goal}", bm / tm);
     }
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("bench: {msg}");
-    std::process::exit(1)
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .map(|u| u.split_whitespace().nth(1) == Some("0"))
-        .unwrap_or(false)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn sh(script: &str) {

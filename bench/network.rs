@@ -12,6 +12,9 @@
 //! address 10.90.0.2/24, the same for both tools; a third row is berth
 //! with Address= instead, configured before the init starts.
 
+#[path = "common.rs"]
+mod common;
+use common::{fail, is_root, median};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -133,25 +136,11 @@ impl Drop for NetNsGuard {
     }
 }
 
-fn fail(msg: &str) -> ! {
-    eprintln!("bench: {msg}");
-    std::process::exit(1)
-}
-
 fn run(c: &mut Command) {
     let out = c.output().unwrap_or_else(|e| fail(&format!("{c:?}: {e}")));
     if !out.status.success() {
         fail(&format!("{c:?}: {}", String::from_utf8_lossy(&out.stderr)));
     }
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn command(tool: Tool, berth: &Path, tree: &Path) -> Command {
