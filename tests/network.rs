@@ -73,6 +73,25 @@ impl NetNs {
         self.run(&argv)
     }
 
+    /// `berth boot NAME ARGS` (read-only tree, not registered) that must
+    /// fail: exit 1 and its one line on stderr.
+    fn boot_refused(&self, name: &str, args: &[&str]) -> String {
+        let tree = tree();
+        let mut all = vec![
+            "boot",
+            name,
+            "-D",
+            tree.to_str().unwrap(),
+            "--read-only",
+            "--register=no",
+            "--console=pipe",
+        ];
+        all.extend_from_slice(args);
+        let out = self.berth(&all);
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
+    }
+
     fn boot(&self, name: &str, args: &[&str]) -> Machine {
         let mut all = vec!["--read-only", "--register=no"];
         all.extend_from_slice(args);
@@ -286,34 +305,12 @@ fn a_link_berth_did_not_make_is_never_touched() {
         "x-peer",
     ]);
     ns.ip(&["link", "add", "vz-other", "type", "bridge"]);
-    let out = ns.berth(&[
-        "boot",
-        "net-foreign",
-        "-D",
-        tree().to_str().unwrap(),
-        "--read-only",
-        "--register=no",
-        "--console=pipe",
-        "--virtual-ethernet=yes",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
+        ns.boot_refused("net-foreign", &["--virtual-ethernet=yes"]),
         "berth: machine \"net-foreign\": connecting machine \"net-foreign\" to the host through ve-net-foreign: the host already has an interface \"ve-net-foreign\" that berth did not make for machine \"net-foreign\"; remove it or rename the machine"
     );
-    let out = ns.berth(&[
-        "boot",
-        "net-foreign",
-        "-D",
-        tree().to_str().unwrap(),
-        "--read-only",
-        "--register=no",
-        "--console=pipe",
-        "--zone=other",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
+        ns.boot_refused("net-foreign", &["--zone=other"]),
         "berth: machine \"net-foreign\": connecting machine \"net-foreign\" to the host through vb-net-foreign: the host has an interface \"vz-other\" that is not a zone bridge berth made; remove it or pick another zone"
     );
     let links = ns.links();
@@ -524,21 +521,8 @@ fn a_host_port_in_use_is_refused_and_nothing_is_left() {
     let ns = NetNs::new("inuse");
     let _busy = in_netns(&ns.name, || std::net::TcpListener::bind("127.0.0.1:8081").unwrap());
     // The listener lives on in the namespace as long as `_busy` does.
-    let out = ns.berth(&[
-        "boot",
-        "net-inuse",
-        "-D",
-        tree().to_str().unwrap(),
-        "--read-only",
-        "--register=no",
-        "--console=pipe",
-        "--bridge=br0",
-        "--address=10.79.0.4/24",
-        "--port=8081:80",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
+        ns.boot_refused("net-inuse", &["--bridge=br0", "--address=10.79.0.4/24", "--port=8081:80"]),
         "berth: machine \"net-inuse\": forwarding the ports of machine \"net-inuse\": tcp port 8081 is already in use on the host"
     );
     assert!(!ns.links().iter().any(|l| l.starts_with("vb-")), "{:?}", ns.links());
@@ -611,21 +595,8 @@ fn a_port_is_forwarded_only_to_an_address_routed_through_the_machines_link() {
     let ns = NetNs::new("route");
     // 10.50.0.0/24 is not br0's subnet: the host would send forwarded
     // connections elsewhere (here: nowhere; on a server: its uplink).
-    let out = ns.berth(&[
-        "boot",
-        "net-route",
-        "-D",
-        tree().to_str().unwrap(),
-        "--read-only",
-        "--register=no",
-        "--console=pipe",
-        "--bridge=br0",
-        "--address=10.50.0.2/24",
-        "--port=8082:80",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
+        ns.boot_refused("net-route", &["--bridge=br0", "--address=10.50.0.2/24", "--port=8082:80"]),
         "berth: machine \"net-route\": forwarding the ports of machine \"net-route\": Port= forwards to 10.50.0.2, but the host does not route 10.50.0.2 through br0: give br0 an address in that subnet"
     );
     assert!(!ns.links().iter().any(|l| l.starts_with("vb-")), "{:?}", ns.links());
