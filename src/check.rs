@@ -52,6 +52,7 @@ pub fn check(args: CheckArgs, flags: &Flags) -> anyhow::Result<i32> {
         crate::spec::MachineSpec::from_settings(&settings).map_err(|e| anyhow::anyhow!("machine \"{name}\": {e}"))?;
     crate::commands::check_host_network(&name, &settings, &spec)?;
     let rows = rows(&settings, &name);
+    let notes = notes(&spec);
 
     if args.json {
         let json = serde_json::json!({
@@ -64,12 +65,29 @@ pub fn check(args: CheckArgs, flags: &Flags) -> anyhow::Result<i32> {
                 "origin": r.origin,
                 "description": r.def.description,
             })).collect::<Vec<_>>(),
+            "notes": notes,
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(0);
     }
     print!("{}", text(&settings, &name, &rows));
+    for n in &notes {
+        println!("# note: {n}");
+    }
     Ok(0)
+}
+
+/// What an admin should know about the settings as a whole.
+fn notes(spec: &crate::spec::MachineSpec) -> Vec<String> {
+    let mut notes = Vec::new();
+    if spec.exec.private_users == crate::spec::PrivateUsers::No {
+        notes.push(
+            "PrivateUsers=no: the machine's root is the host's root (no user namespace); \
+             berth's masks and filters are all that stand between it and the host"
+                .to_string(),
+        );
+    }
+    notes
 }
 
 /// Every value set, in table order, and the default of each key nobody set.
@@ -148,7 +166,7 @@ ResolvConf=auto                          # default
 Timezone=off                             # default
 LinkJournal=no                           # default
 WorkingDirectory=/                       # default
-PrivateUsers=no                          # default
+PrivateUsers=pick                        # default
 
 [Files]
 ReadOnly=no                              # default

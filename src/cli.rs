@@ -170,13 +170,8 @@ pub struct Invocation {
 
 /// The help line of a settings flag: "[Exec] Boot=: DESCRIPTION [default: yes]".
 fn flag_help(k: &KeyDef) -> String {
-    let later = if k.later {
-        " (validated; applied by a later version)"
-    } else {
-        ""
-    };
     let default = k.default.map(|d| format!(" [default: {d}]")).unwrap_or_default();
-    format!("[{}] {}=: {}{later}{default}", k.section, k.key, k.description)
+    format!("[{}] {}=: {}{default}", k.section, k.key, k.description)
 }
 
 fn setting_args(cmd: clap::Command) -> clap::Command {
@@ -279,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn flag_help_has_description_default_and_later_note() {
+    fn flag_help_has_description_and_default() {
         let help = |s, k| flag_help(crate::config::keys::find(s, k).unwrap());
         assert_eq!(
             help("Exec", "Boot"),
@@ -292,10 +287,6 @@ mod tests {
         assert_eq!(
             help("Network", "Private"),
             "[Network] Private=: Give the machine a network namespace of its own [default: no]"
-        );
-        assert_eq!(
-            help("Exec", "PrivateUsers"),
-            "[Exec] PrivateUsers=: Run the machine in a user namespace of its own (validated; applied by a later version) [default: no]"
         );
     }
 

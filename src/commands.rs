@@ -17,7 +17,7 @@ use crate::lock;
 use crate::name::MachineName;
 use crate::signals;
 use crate::spawn::{ChildSpec, Payload};
-use crate::spec::{LinkJournal, MachineSpec};
+use crate::spec::{LinkJournal, MachineSpec, PrivateUsers};
 use crate::supervisor::{self, Plan};
 use crate::tree::{self, Tree};
 
@@ -66,7 +66,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 }
 
 fn machine_spec(name: &MachineName, settings: &Settings) -> anyhow::Result<MachineSpec> {
-    refuse_unapplied(name, settings)?;
     let spec = MachineSpec::from_settings(settings).map_err(|e| anyhow!("machine \"{name}\": {e}"))?;
     check_host_network(name, settings, &spec)?;
     Ok(spec)
@@ -92,6 +91,7 @@ struct Planned {
     child: ChildSpec,
     notify_ready: bool,
     halt: Halt,
+    private_users: PrivateUsers,
 }
 
 /// What the machine's PID 1 gets, from the typed spec and the tree.
@@ -171,7 +171,7 @@ fn plan_child(
         user = Some(creds);
     }
     let kept_caps = spec.kept_capabilities();
-    if kept_caps.contains(&caps::Capability::CAP_NET_ADMIN) {
+    if kept_caps.contains(&caps::Capability::CAP_NET_ADMIN) && exec.private_users == PrivateUsers::No {
         tracing::warn!(
             machine = %tree.name,
             "machine \"{}\" keeps CAP_NET_ADMIN without a user namespace of its own: its root can change the host's network{}",
@@ -197,49 +197,24 @@ fn plan_child(
         link_journal: exec.link_journal,
         timezone: exec.timezone,
         network: spec.network.clone(),
-        // No user namespace yet (PrivateUsers= comes with its issue).
-        confine_mounts: true,
+        confine_mounts: exec.private_users == PrivateUsers::No,
+        // Claimed at start (`start`), held while the machine runs.
+        users: None,
     };
+    if exec.private_users != PrivateUsers::No && spec.files.volatile != crate::spec::Volatile::No {
+        bail!(
+            "machine \"{}\": Volatile={} with PrivateUsers={} is not supported yet (the temporary root would need an idmapped overlay); set PrivateUsers=no for this machine",
+            tree.name,
+            format!("{:?}", spec.files.volatile).to_lowercase(),
+            exec.private_users
+        );
+    }
     Ok(Planned {
         child,
         notify_ready: is_init && exec.notify_ready,
         halt,
+        private_users: exec.private_users,
     })
-}
-
-/// Keys this version parses and validates but cannot apply yet: refusing
-/// them beats a machine that silently differs from its file.
-fn refuse_unapplied(name: &MachineName, settings: &Settings) -> anyhow::Result<()> {
-    let unsupported: &[(&str, &str, &[&str])] = &[("Exec", "PrivateUsers", &["no"])];
-    let mut errors = Vec::new();
-    for (section, key, fine) in unsupported {
-        for s in settings.all(section, key) {
-            let v = s.value.to_string();
-            if !fine.contains(&v.as_str()) {
-                errors.push(format!(
-                    "machine \"{name}\": {}: [{section}] {key}={v} is not supported by this version of berth yet",
-                    s.origin
-                ));
-            }
-        }
-    }
-    for (def, s) in settings.entries() {
-        if def.later {
-            tracing::info!(
-                machine = %name,
-                "note: {}: [{}] {}={} is checked but not applied yet (machine \"{name}\")",
-                s.origin,
-                def.section,
-                def.key,
-                s.value
-            );
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(config::ConfigError(errors).into())
-    }
 }
 
 /// Set NAME=VALUE in an environment list, replacing an earlier NAME.
@@ -288,7 +263,7 @@ fn start(
     machine: &MachineArgs,
     resources: crate::spec::Resources,
 ) -> anyhow::Result<i32> {
-    let child = planned.child;
+    let mut child = planned.child;
     // Held until berth exits; the kernel drops them even on SIGKILL. A
     // machine that cannot write its tree shares it with other such machines.
     let access = if child.files.writes_tree() {
@@ -298,6 +273,8 @@ fn start(
     };
     let identity = tree.dir().identity()?;
     let _locks = lock::acquire_machine(Path::new(lock::LOCK_DIR), &tree.name, &tree.root, identity, access)?;
+    let claim = crate::userns::claim(tree.name.as_str(), planned.private_users, Path::new(lock::LOCK_DIR))?;
+    child.users = claim.as_ref().map(|c| c.range);
     let plan = Plan {
         name: tree.name.clone(),
         child,

@@ -35,4 +35,5 @@ pub mod state;
 pub mod supervisor;
 pub mod sys;
 pub mod tree;
+pub mod userns;
 pub mod util;

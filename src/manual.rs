@@ -309,6 +309,9 @@ pub fn kind_in_words(kind: Kind) -> String {
         Kind::Weight => "integer from 1 to 10000".into(),
         Kind::Count => "positive integer, or infinity".into(),
         Kind::CpuList => "CPU numbers and ranges like 0-3,6".into(),
+        Kind::PrivateUsers => {
+            "pick, no, identity, or a host UID with an optional range size UID[:RANGE] (at most 65536)".into()
+        }
     }
 }
 
@@ -328,11 +331,6 @@ fn key_entry(r: &mut Roff, k: &KeyDef) {
     r.control("TP", []);
     r.text([bold(format!("{}=", k.key))]);
     let mut lines: Vec<Vec<Inline>> = vec![vec![roman(format!("{}.", k.description))]];
-    if k.later {
-        lines.push(vec![roman(
-            "Parsed and validated now; applied by a later version of berth.",
-        )]);
-    }
     lines.push(vec![italic("Value:"), roman(format!(" {}.", kind_in_words(k.kind)))]);
     let mut line = vec![italic("Default:"), roman(" ")];
     line.push(match (k.default, k.repeatable) {
@@ -629,7 +627,8 @@ fn value_completion(arg: clap::Arg, kind: Kind, shell: clap_complete::Shell) -> 
         | Kind::Percent
         | Kind::Weight
         | Kind::Count
-        | Kind::CpuList => arg.value_hint(ValueHint::Other),
+        | Kind::CpuList
+        | Kind::PrivateUsers => arg.value_hint(ValueHint::Other),
     }
 }
 

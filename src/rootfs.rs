@@ -234,7 +234,22 @@ fn mount_on(fstype: &str, target: BorrowedFd<'_>, flags: MsFlags, data: Option<&
 /// see. Returns the new root. `read_only` (ReadOnly=yes) makes the tree and
 /// every mount in it read-only here, before anything is mounted on top, so
 /// the API file systems stay writable.
-pub fn isolate(tree: &InRoot, read_only: bool, volatile: Volatile, machine_id: &str) -> Result<InRoot> {
+/// The tree as the supervisor mounted it for a machine with a user
+/// namespace: idmapped (files owned by 0..65535 on disk show as the
+/// machine's own), already read-only for ReadOnly=yes, with a writable
+/// clone to make missing mount points through.
+pub struct Premade {
+    pub tree: OwnedFd,
+    pub writable: Option<OwnedFd>,
+}
+
+pub fn isolate(
+    tree: &InRoot,
+    read_only: bool,
+    volatile: Volatile,
+    machine_id: &str,
+    premade: Option<Premade>,
+) -> Result<InRoot> {
     // Private, not slave: host mounts made later under the tree do not
     // appear in the machine, and nothing the machine mounts reaches the host.
     let flags = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
@@ -243,7 +258,22 @@ pub fn isolate(tree: &InRoot, read_only: bool, volatile: Volatile, machine_id: &
         Path::new("/"),
         mount(None::<&str>, "/", None::<&str>, flags, None::<&str>),
     )?;
-    let root = attach(tree, read_only, volatile, machine_id)?;
+    let root = match premade {
+        Some(p) => {
+            let shown = tree.show("/");
+            io_step(
+                "mounting the tree on",
+                &shown,
+                sys::move_mount_onto(p.tree.as_fd(), tree.fd()),
+            )?;
+            let root = InRoot::from_fd(p.tree, shown.clone());
+            match p.writable {
+                Some(w) => root.with_mount_points_through(InRoot::from_fd(w, shown)),
+                None => root,
+            }
+        }
+        None => attach(tree, read_only, volatile, machine_id)?,
+    };
     // Where berth mounts the machine's own file systems, the tree must have
     // plain directories: a link there could resolve to one place when berth
     // mounts and to another when it masks (through berth's own mounts).
@@ -372,7 +402,11 @@ fn attach(tree: &InRoot, read_only: bool, volatile: Volatile, machine_id: &str) 
 /// Step 2: API file systems, device nodes and /dev links. `console` is the
 /// host's pty slave to show as /dev/console (None: no console device).
 /// Returns the machine's proc, by its own descriptor, for `restrict`.
-pub fn mount_api(root: &InRoot, console: Option<&Path>) -> Result<InRoot> {
+///
+/// With a user namespace (`users`) the kernel refuses device nodes made
+/// there and a sysfs for the host's network namespace: the device nodes
+/// are the host's, bound one by one, and /sys is the host's, read-only.
+pub fn mount_api(root: &InRoot, console: Option<&Path>, users: bool) -> Result<InRoot> {
     let mut proc = None;
     for m in API_MOUNTS {
         let target = root.mkdir_all(m.target, 0o755)?;
@@ -392,10 +426,42 @@ pub fn mount_api(root: &InRoot, console: Option<&Path>) -> Result<InRoot> {
             proc = Some(InRoot::from_fd(fresh, shown));
             continue;
         }
+        if users && m.fstype == "sysfs" {
+            match mount(Some("sysfs"), &fd_path(target.as_fd()), Some("sysfs"), m.flags, m.data) {
+                Err(Errno::EPERM) => {
+                    let host = host_path_fd(Path::new("/sys"))?;
+                    bind_fd(host.as_fd(), target.as_fd(), true, RO_NOSUID_NODEV_NOEXEC, &shown)?;
+                    continue;
+                }
+                r => step("mounting", &shown, r)?,
+            }
+            continue;
+        }
         mount_on(m.fstype, target.as_fd(), m.flags, m.data, &shown)?;
     }
     for (name, major, minor) in DEVICE_NODES {
-        root.mknod(&format!("/dev/{name}"), SFlag::S_IFCHR, 0o666, makedev(*major, *minor))?;
+        let path = format!("/dev/{name}");
+        if users {
+            let host = Path::new("/dev").join(name);
+            // /dev/net/tun only where the host has it.
+            if *name == "net/tun" && !host.exists() {
+                continue;
+            }
+            if let Some(dir) = path.rsplit_once('/').map(|(d, _)| d).filter(|d| *d != "/dev") {
+                root.mkdir_all(dir, 0o755)?;
+            }
+            let target = root.mount_point_file(&path)?;
+            let source = host_path_fd(&host)?;
+            bind_fd(
+                source.as_fd(),
+                target.as_fd(),
+                false,
+                sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+                &root.show(&path),
+            )?;
+            continue;
+        }
+        root.mknod(&path, SFlag::S_IFCHR, 0o666, makedev(*major, *minor))?;
     }
     for (link, target) in DEV_LINKS {
         root.symlink(target, link)?;
@@ -412,10 +478,16 @@ pub fn mount_api(root: &InRoot, console: Option<&Path>) -> Result<InRoot> {
 /// inaccessible nodes used to mask paths. Returns the directory, for the
 /// notify socket, which the caller binds before `restrict` makes it
 /// read-only.
-pub fn populate_run_host(root: &InRoot, dns: &[std::net::IpAddr]) -> Result<OwnedFd> {
+/// With a user namespace (`users`) there is no block node (the kernel
+/// allows only the character node 0:0 there); the machine's systemd does
+/// without.
+pub fn populate_run_host(root: &InRoot, dns: &[std::net::IpAddr], users: bool) -> Result<OwnedFd> {
     root.mkdir_all(INACCESSIBLE_DIR, 0o755)?;
     root.mkdir_all(&format!("{INACCESSIBLE_DIR}/dir"), 0o000)?;
     for (name, kind) in INACCESSIBLE_NODES {
+        if users && *kind == SFlag::S_IFBLK {
+            continue;
+        }
         root.mknod(&format!("{INACCESSIBLE_DIR}/{name}"), *kind, 0, makedev(0, 0))?;
     }
     let os_release = read_host_file(Path::new("/etc/os-release"))
@@ -724,10 +796,42 @@ pub fn link_guest_journal(tree: &InRoot, mode: LinkJournal, machine_id: &str) ->
     }
 }
 
+/// The MOUNT_ATTR_* flags of a Bind= (ro, nosuid, nodev, noexec).
+pub fn bind_attrs(b: &crate::config::value::Bind) -> u64 {
+    [
+        (b.read_only, sys::MOUNT_ATTR_RDONLY),
+        (b.nosuid, sys::MOUNT_ATTR_NOSUID),
+        (b.nodev, sys::MOUNT_ATTR_NODEV),
+        (b.noexec, sys::MOUNT_ATTR_NOEXEC),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |acc, (_, a)| acc | a)
+}
+
 /// [Files]: bind mounts, temporary file systems and inaccessible paths.
-pub fn mount_files(root: &InRoot, files: &Files) -> Result<()> {
+///
+/// `premade` holds, per bind, the idmapped mount the supervisor made for a
+/// machine with a user namespace (its flags already set), or None.
+pub fn mount_files(root: &InRoot, files: &Files, premade: Vec<Option<OwnedFd>>) -> Result<()> {
+    let mut premade = premade.into_iter();
     for b in &files.binds {
         let source_path = Path::new(&b.source);
+        if let Some(mount) = premade.next().flatten() {
+            let is_dir =
+                step("looking at", source_path, fstat(&mount))?.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits();
+            let target = if is_dir {
+                root.mkdir_all(&b.target, 0o755)?
+            } else {
+                root.mount_point_file(&b.target)?
+            };
+            io_step(
+                "mounting onto",
+                &root.show(&b.target),
+                sys::move_mount_onto(mount.as_fd(), target.as_fd()),
+            )?;
+            continue;
+        }
         let source = host_path_fd(source_path)?;
         let is_dir =
             step("looking at", source_path, fstat(&source))?.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits();
@@ -736,17 +840,7 @@ pub fn mount_files(root: &InRoot, files: &Files) -> Result<()> {
         } else {
             root.mount_point_file(&b.target)?
         };
-        let mut attrs = 0;
-        for (on, a) in [
-            (b.read_only, sys::MOUNT_ATTR_RDONLY),
-            (b.nosuid, sys::MOUNT_ATTR_NOSUID),
-            (b.nodev, sys::MOUNT_ATTR_NODEV),
-            (b.noexec, sys::MOUNT_ATTR_NOEXEC),
-        ] {
-            if on {
-                attrs |= a;
-            }
-        }
+        let attrs = bind_attrs(b);
         bind_fd(
             source.as_fd(),
             target.as_fd(),

@@ -58,10 +58,13 @@ pub struct ChildSpec {
     pub timezone: Timezone,
     /// [Network]: a network namespace of its own when `private`, and DNS=.
     pub network: crate::spec::Network,
-    /// The machine has no user namespace of its own: lock its mounts and
-    /// refuse mount namespaces outside a user namespace
-    /// (`rootfs::lock_mounts`).
+    /// The machine has no user namespace of its own: the seccomp filter
+    /// refuses mount namespaces outside a user namespace (see
+    /// `rootfs::lock_mounts`).
     pub confine_mounts: bool,
+    /// PrivateUsers=: the host IDs the machine's user namespace maps (None:
+    /// no user namespace). Its owner is the range's base, not root.
+    pub users: Option<crate::userns::IdRange>,
 }
 
 /// A user of the machine's tree, as its /etc/passwd and /etc/group say.
@@ -161,14 +164,24 @@ pub fn start(spec: &ChildSpec, cgroup: Option<&Path>) -> Result<Pending, SpawnEr
     // Preferred: the child is born in its cgroup, and its cgroup namespace is
     // rooted there (clone3 with CLONE_INTO_CGROUP, Linux 5.7). Otherwise a
     // parent step moves it, and the child unshares its cgroup namespace after.
-    let namespaces = if spec.network.private {
+    let mut namespaces = if spec.network.private {
         NAMESPACES | libc::CLONE_NEWNET
     } else {
         NAMESPACES
     };
-    let born_in = match &cgroup_fd {
-        Some(fd) => sys::clone_process(namespaces | libc::CLONE_NEWCGROUP, Some(fd.as_fd())),
-        None => Err(std::io::Error::from_raw_os_error(libc::ENOSYS)),
+    // With a user namespace, the clone is made as the range's owner (see
+    // `Owner`), which may not write the cgroup's common ancestor: a parent
+    // step moves the child instead.
+    let owner = match spec.users {
+        Some(range) => {
+            namespaces |= libc::CLONE_NEWUSER;
+            Some(Owner::become_(range, spec.tree.fd()).map_err(SpawnError::Clone)?)
+        }
+        None => None,
+    };
+    let born_in = match (&cgroup_fd, &owner) {
+        (Some(fd), None) => sys::clone_process(namespaces | libc::CLONE_NEWCGROUP, Some(fd.as_fd())),
+        _ => Err(std::io::Error::from_raw_os_error(libc::ENOSYS)),
     };
     let (cloned, in_cgroup) = match born_in {
         Ok(c) => (c, true),
@@ -178,10 +191,23 @@ pub fn start(spec: &ChildSpec, cgroup: Option<&Path>) -> Result<Pending, SpawnEr
                 Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::E2BIG)
             ) =>
         {
-            (sys::clone_process(namespaces, None).map_err(SpawnError::Clone)?, false)
+            match sys::clone_process(namespaces, None) {
+                Ok(c) => (c, false),
+                Err(e) => {
+                    if let Some(o) = owner {
+                        o.restore();
+                    }
+                    return Err(SpawnError::Clone(e));
+                }
+            }
         }
         Err(e) => return Err(SpawnError::Clone(e)),
     };
+    // Back to root in berth; the child keeps the owner's IDs until its ID
+    // maps are written.
+    if let (Cloned::Parent { .. }, Some(o)) = (&cloned, owner) {
+        o.restore();
+    }
     match cloned {
         Cloned::Child => {
             drop(parent);
@@ -212,6 +238,47 @@ pub fn start(spec: &ChildSpec, cgroup: Option<&Path>) -> Result<Pending, SpawnEr
     }
 }
 
+/// berth's effective IDs and directory while it clones a machine with a user
+/// namespace: the kernel makes the caller's effective UID the namespace's
+/// owner, and charges the per-user limits (inotify instances, namespace
+/// counts) of everything inside to it, so each machine gets its own instead
+/// of sharing root's. The working directory is the tree, so the child finds
+/// it without walking the host's paths (/var/lib/machines is 0700 root's,
+/// which root in the new namespace may not search).
+struct Owner {
+    cwd: OwnedFd,
+}
+
+impl Owner {
+    fn become_(range: crate::userns::IdRange, tree: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Owner> {
+        use nix::unistd::{fchdir, setegid, seteuid, Gid, Uid};
+        let cwd = open(
+            ".",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        fchdir(tree)?;
+        let owner = Owner { cwd };
+        // Group first: once the effective UID is not 0, the capability to
+        // change it is gone until it is 0 again.
+        if let Err(e) = setegid(Gid::from_raw(range.base)).and_then(|()| seteuid(Uid::from_raw(range.base))) {
+            owner.restore();
+            return Err(e.into());
+        }
+        Ok(owner)
+    }
+
+    /// Root again (the saved UID is still 0), in the old directory.
+    fn restore(self) {
+        use nix::unistd::{fchdir, setegid, seteuid, Gid, Uid};
+        // Cannot fail with a saved UID of 0; if it ever did, berth must
+        // not go on with another user's IDs.
+        seteuid(Uid::from_raw(0)).expect("returning to root after cloning the machine");
+        setegid(Gid::from_raw(0)).expect("returning to root's group after cloning the machine");
+        let _ = fchdir(&self.cwd);
+    }
+}
+
 /// The child: set up, then become the init. Never returns.
 fn child_main(spec: &ChildSpec, chan: Channel, unshare_cgroup: bool) -> ! {
     let err = match setup_and_exec(spec, &chan, unshare_cgroup) {
@@ -232,12 +299,35 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
         here,
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL),
     )?;
-    // Descriptors the parent steps hand over (none yet: the network and
-    // user-namespace steps will pass theirs here).
-    let _handed = match chan.recv_go() {
+    // Descriptors the parent steps hand over: with a user namespace, the
+    // idmapped mounts of `userns::UserNamespace`, in its order.
+    let handed = match chan.recv_go() {
         Ok(Some(fds)) => fds,
         _ => std::process::exit(crate::exit::EXIT_FAILURE),
     };
+    let mut handed = handed.into_iter();
+    let mut mounts = None;
+    if spec.users.is_some() {
+        become_root_inside()?;
+        let tree = handed.next();
+        let writable = if spec.files.read_only { handed.next() } else { None };
+        let binds: Vec<Option<OwnedFd>> = spec
+            .files
+            .binds
+            .iter()
+            .map(|b| if b.idmap { handed.next() } else { None })
+            .collect();
+        match tree {
+            Some(tree) => mounts = Some((rootfs::Premade { tree, writable }, binds)),
+            None => {
+                return Err(SetupError {
+                    what: "receiving the idmapped tree for",
+                    path: spec.tree.show("/"),
+                    why: "the supervisor passed no mount".into(),
+                })
+            }
+        }
+    }
     if unshare_cgroup {
         step(
             "creating the cgroup namespace of",
@@ -255,7 +345,22 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     // of the caller's namespace), and it must be the very directory berth
     // checked and locked.
     let shown = spec.tree.show("/");
-    let tree = crate::inroot::InRoot::open(&shown)?;
+    let tree = if spec.users.is_some() {
+        // The working directory berth left (`Owner`): root in the machine's
+        // user namespace may not search the host's path to it.
+        let fd = step(
+            "opening",
+            &shown,
+            open(
+                ".",
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ),
+        )?;
+        crate::inroot::InRoot::from_fd(fd, shown.clone())
+    } else {
+        crate::inroot::InRoot::open(&shown)?
+    };
     if tree.identity()? != spec.tree.identity()? {
         return Err(SetupError {
             what: "opening",
@@ -263,9 +368,20 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
             why: "the tree was replaced while berth started the machine".into(),
         });
     }
-    let root = rootfs::isolate(&tree, spec.files.read_only, spec.files.volatile, &spec.machine_id)?;
-    let proc = rootfs::mount_api(&root, spec.console.as_deref())?;
-    let run_host = rootfs::populate_run_host(&root, &spec.network.dns)?;
+    let (premade, bind_mounts) = match mounts {
+        Some((p, b)) => (Some(p), b),
+        None => (None, Vec::new()),
+    };
+    let users = spec.users.is_some();
+    let root = rootfs::isolate(
+        &tree,
+        spec.files.read_only,
+        spec.files.volatile,
+        &spec.machine_id,
+        premade,
+    )?;
+    let proc = rootfs::mount_api(&root, spec.console.as_deref(), users)?;
+    let run_host = rootfs::populate_run_host(&root, &spec.network.dns, users)?;
     if matches!(spec.payload, Payload::Init { .. }) {
         // Bound before /run/host turns read-only, through the resolved
         // directory; the supervisor keeps the only other reference, so the
@@ -281,7 +397,7 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     }
     // The admin's mounts go over the API file systems' and before the masks,
     // so /run/host/inaccessible exists for Inaccessible=.
-    rootfs::mount_files(&root, &spec.files)?;
+    rootfs::mount_files(&root, &spec.files, bind_mounts)?;
     rootfs::restrict(&root, &proc, run_host.as_fd(), spec.network.private)?;
     drop((run_host, proc));
     if spec.network.dns.is_empty() {
@@ -293,9 +409,9 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     rootfs::link_journal(&root, spec.link_journal, &spec.machine_id)?;
     rootfs::enter(&root)?;
     drop(root);
-    if spec.confine_mounts {
-        rootfs::lock_mounts()?;
-    }
+    // With or without a user namespace: berth's masks must outlive root
+    // inside (see `rootfs::lock_mounts`).
+    rootfs::lock_mounts()?;
     if let Some(dir) = &spec.working_directory {
         step("changing directory to", dir, nix::unistd::chdir(dir.as_path()))?;
     }
@@ -361,6 +477,26 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
         }
         Payload::Command { argv } => stub_init(argv, &spec.env, spec.user.as_ref(), chan),
     }
+}
+
+/// With a user namespace whose ID maps the supervisor has written: become
+/// its root (the child still has berth's real and saved IDs, which the
+/// namespace does not map), with no supplementary group of the host's.
+fn become_root_inside() -> Result<(), SetupError> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    let here = Path::new("/");
+    let (root, group) = (Uid::from_raw(0), Gid::from_raw(0));
+    step("becoming root's group in", here, setresgid(group, group, group))?;
+    step("dropping the host's groups in", here, setgroups(&[]))?;
+    step("becoming root in", here, setresuid(root, root, root))?;
+    // A change of credentials may clear these; the init must still die
+    // with berth, and /proc/self must stay its own.
+    step(
+        "setting the parent-death signal of",
+        here,
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL),
+    )?;
+    step("making dumpable", here, nix::sys::prctl::set_dumpable(true))
 }
 
 fn reset_signals() {

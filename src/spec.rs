@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+pub use crate::config::value::PrivateUsers;
 use crate::config::value::{Bind, Forward, Prefixed, Value};
 use crate::config::{Settings, Sourced};
 
@@ -165,7 +166,7 @@ pub struct Exec {
     pub working_directory: Option<PathBuf>,
     /// User= and where it was set (it applies only with Boot=no).
     pub user: Option<(String, String)>,
-    pub private_users: bool,
+    pub private_users: PrivateUsers,
 }
 
 impl Default for Exec {
@@ -186,7 +187,7 @@ impl Default for Exec {
             link_journal: LinkJournal::default(),
             working_directory: None,
             user: None,
-            private_users: false,
+            private_users: PrivateUsers::Pick,
         }
     }
 }
@@ -270,6 +271,13 @@ fn flag(v: &Value) -> Result<bool, String> {
     }
 }
 
+fn users(v: &Value) -> Result<PrivateUsers, String> {
+    match v {
+        Value::Users(u) => Ok(*u),
+        other => Err(format!("expected PrivateUsers=, got {other:?}")),
+    }
+}
+
 fn address(v: &Value) -> Result<std::net::IpAddr, String> {
     match v {
         Value::Address(a) => Ok(*a),
@@ -339,7 +347,7 @@ impl MachineSpec {
                     ("Exec", "LinkJournal") => e.link_journal = Choice::from_name(text(v)?)?,
                     ("Exec", "WorkingDirectory") => e.working_directory = Some(PathBuf::from(text(v)?)),
                     ("Exec", "User") => e.user = Some((text(v)?.to_string(), origin.to_string())),
-                    ("Exec", "PrivateUsers") => e.private_users = flag(v)?,
+                    ("Exec", "PrivateUsers") => e.private_users = users(v)?,
                     ("Files", "ReadOnly") => f.read_only = flag(v)?,
                     ("Files", "Volatile") => f.volatile = Choice::from_name(text(v)?)?,
                     ("Files", "Bind") | ("Files", "BindReadOnly") => match v {
@@ -518,6 +526,7 @@ mod tests {
             ("Exec", "Timezone") => "bind",
             ("Exec", "LinkJournal") => "try-host",
             ("Exec", "User") => "root",
+            ("Exec", "PrivateUsers") => "pick",
             ("Files", "Volatile") => "overlay",
             ("Files", "Bind") | ("Files", "BindReadOnly") => "/tmp:/mnt",
             ("Files", "TemporaryFileSystem") => "/scratch:size=10M",

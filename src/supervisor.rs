@@ -297,6 +297,16 @@ fn run_boots(
             }
             (None, None) => unreachable!("a systemd scope needs the bus"),
         }
+        // Last: the machine's cgroup is where the steps above put it.
+        if let Some(range) = child.users {
+            steps.push(Box::new(crate::userns::UserNamespace {
+                range,
+                tree: child.tree.clone(),
+                files: child.files.clone(),
+                console: child.console.clone(),
+                cgroup_mount: cg_mount.to_path_buf(),
+            }));
+        }
         let mut setup = ParentSetup::new(steps);
         let payload = cg.as_ref().map(|c| c.payload.as_path());
         let outcome = boot_once(plan, child, payload, &mut setup, sfd, pty, &mut record);

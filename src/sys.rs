@@ -160,6 +160,42 @@ pub fn mount_setattr(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Resul
     Ok(())
 }
 
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `mount_setattr(2)` with MOUNT_ATTR_IDMAP: the detached mount `fd` (and,
+/// with `recursive`, every mount below it) shows files through the ID map
+/// of the user namespace `userns`. The kernel refuses it for a mount that
+/// is attached, already idmapped, or of a file system without idmapping
+/// support (EINVAL).
+pub fn mount_setattr_idmap(fd: BorrowedFd<'_>, userns: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        userns_fd: userns.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: as in `mount_setattr`: an empty NUL-terminated path and a
+    // fully initialised mount_attr of the size passed, both outliving the
+    // call; `userns` is a descriptor borrowed for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Send any signal number, including real-time ones (`nix::sys::signal::Signal`
 /// has no SIGRTMIN+n).
 pub fn send_signal(pid: libc::pid_t, signo: libc::c_int) -> io::Result<()> {

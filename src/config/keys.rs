@@ -11,8 +11,6 @@ pub struct KeyDef {
     pub kind: Kind,
     pub repeatable: bool,
     pub privileged: bool,
-    /// Applied by a later issue (parsed and validated now).
-    pub later: bool,
     /// The value in effect when nobody sets the key, as it would be
     /// written; None when there is no fixed one (Hostname= is the
     /// machine's name, Init= is searched for, lists start empty).
@@ -29,7 +27,6 @@ const fn key(section: &'static str, key: &'static str, kind: Kind) -> KeyDef {
         kind,
         repeatable: false,
         privileged: false,
-        later: false,
         default: None,
         description: "",
     }
@@ -50,10 +47,6 @@ impl KeyDef {
     }
     const fn privileged(mut self) -> Self {
         self.privileged = true;
-        self
-    }
-    const fn later(mut self) -> Self {
-        self.later = true;
         self
     }
 
@@ -131,11 +124,10 @@ pub static KEYS: &[KeyDef] = &[
         .describe("The directory the first process starts in, a path inside the machine"),
     key("Exec", "User", UserName)
         .describe("The user, by name or uid in the tree's /etc/passwd, the command runs as with Boot=no (unset, root)"),
-    key("Exec", "PrivateUsers", Bool)
+    key("Exec", "PrivateUsers", PrivateUsers)
         .privileged()
-        .later()
-        .default("no")
-        .describe("Run the machine in a user namespace of its own"),
+        .default("pick")
+        .describe("The machine's user namespace: a free range of 65536 host IDs claimed at start (pick), none, so root inside is the host's root (no), IDs mapped onto themselves (identity), or the range UID[:RANGE]; the tree on disk is never changed (idmapped mounts)"),
     // [Files]: what the machine sees of the host.
     key("Files", "ReadOnly", Bool)
         .default("no")

@@ -30,6 +30,7 @@ pub enum Kind {
     Weight,
     Count,
     CpuList,
+    PrivateUsers,
 }
 
 /// A bind mount: host `source` shown at `target` inside the machine.
@@ -42,6 +43,34 @@ pub struct Bind {
     pub nosuid: bool,
     pub nodev: bool,
     pub noexec: bool,
+    /// Shown through an idmapped mount when the machine has a user
+    /// namespace of its own (`idmap`, the default), or as it is (`noidmap`).
+    pub idmap: bool,
+}
+
+/// PrivateUsers=: the machine's user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrivateUsers {
+    /// None: root inside is root on the host.
+    No,
+    /// A free range of 65536 IDs, claimed at start (`userns::claim`).
+    Pick,
+    /// A user namespace mapping IDs 0..65535 onto themselves.
+    Identity,
+    /// This range: the machine's 0 is the host's `base`.
+    Fixed { base: u32, size: u32 },
+}
+
+impl fmt::Display for PrivateUsers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PrivateUsers::No => f.write_str("no"),
+            PrivateUsers::Pick => f.write_str("pick"),
+            PrivateUsers::Identity => f.write_str("identity"),
+            PrivateUsers::Fixed { base, size: 65536 } => write!(f, "{base}"),
+            PrivateUsers::Fixed { base, size } => write!(f, "{base}:{size}"),
+        }
+    }
 }
 
 /// The transport protocol of a forwarded port.
@@ -116,6 +145,7 @@ pub enum Value {
     Prefixed(Prefixed),
     Mac([u8; 6]),
     Forward(Forward),
+    Users(PrivateUsers),
 }
 
 impl fmt::Display for Value {
@@ -139,6 +169,9 @@ impl fmt::Display for Value {
                         .filter(|(on, _)| *on)
                         .map(|(_, n)| *n),
                 );
+                if !b.idmap {
+                    opts.push("noidmap");
+                }
                 write!(f, "{}:{}:{}", b.source, b.target, opts.join(","))
             }
             Value::TmpFs { path, options } if options.is_empty() => f.write_str(path),
@@ -147,6 +180,7 @@ impl fmt::Display for Value {
             Value::Prefixed(p) => write!(f, "{p}"),
             Value::Mac(m) => f.write_str(&format_mac(m)),
             Value::Forward(p) => write!(f, "{}:{}:{}", p.proto, p.host_port, p.machine_port),
+            Value::Users(u) => write!(f, "{u}"),
         }
     }
 }
@@ -194,7 +228,53 @@ pub fn parse(kind: Kind, text: &str) -> Parsed {
         },
         Kind::Count => count(text).map(Value::Limit),
         Kind::CpuList => cpu_list(text).map(|cpus| Value::Text(format_cpu_list(&cpus))),
+        Kind::PrivateUsers => private_users(text).map(Value::Users),
     }
+}
+
+/// The most IDs a machine's user namespace maps.
+pub const MAX_ID_RANGE: u32 = 65536;
+
+fn private_users(text: &str) -> Result<PrivateUsers, String> {
+    const EXPECTED: &str = "expected pick, no, identity, UID or UID:RANGE";
+    match text {
+        "pick" => return Ok(PrivateUsers::Pick),
+        "no" | "false" | "off" => return Ok(PrivateUsers::No),
+        "identity" => return Ok(PrivateUsers::Identity),
+        "yes" | "true" | "on" => {
+            return Err(format!(
+                "{EXPECTED} (\"yes\" would take the range from the tree's owner on disk; berth never reads IDs from the tree: write pick)"
+            ))
+        }
+        _ => {}
+    }
+    let (base, size) = match text.split_once(':') {
+        Some((b, s)) => (b, Some(s)),
+        None => (text, None),
+    };
+    let number = |t: &str| -> Result<u32, String> {
+        if t.is_empty() || !t.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(EXPECTED.to_string());
+        }
+        t.parse::<u32>().map_err(|_| format!("{t} is not a 32-bit ID"))
+    };
+    let base = number(base)?;
+    let size = match size {
+        Some(s) => number(s)?,
+        None => MAX_ID_RANGE,
+    };
+    if base == 0 {
+        return Err(
+            "a range starting at 0 maps the machine's root onto the host's: write identity for that, or no".into(),
+        );
+    }
+    if size == 0 || size > MAX_ID_RANGE {
+        return Err(format!("the range must hold 1 to {MAX_ID_RANGE} IDs"));
+    }
+    if base.checked_add(size).is_none_or(|end| end > u32::MAX - 1) {
+        return Err(format!("the range {base}:{size} goes past the last ID (4294967294)"));
+    }
+    Ok(PrivateUsers::Fixed { base, size })
 }
 
 pub fn parse_bool(text: &str) -> Result<bool, String> {
@@ -371,6 +451,7 @@ fn bind(text: &str) -> Result<Bind, String> {
         nosuid: false,
         nodev: false,
         noexec: false,
+        idmap: true,
     };
     if let Some(opts) = parts.get(2) {
         for o in opts.split(',').filter(|o| !o.is_empty()) {
@@ -382,9 +463,11 @@ fn bind(text: &str) -> Result<Bind, String> {
                 "nosuid" => b.nosuid = true,
                 "nodev" => b.nodev = true,
                 "noexec" => b.noexec = true,
+                "idmap" => b.idmap = true,
+                "noidmap" => b.idmap = false,
                 other => {
                     return Err(format!(
-                        "unknown option \"{other}\" (expected ro, rw, nosuid, nodev, noexec, rbind, norbind)"
+                        "unknown option \"{other}\" (expected ro, rw, nosuid, nodev, noexec, rbind, norbind, idmap, noidmap)"
                     ))
                 }
             }
@@ -587,7 +670,7 @@ mod tests {
         assert_eq!(err("/srv:/"), "binding over the machine's / is refused");
         assert_eq!(
             err("/srv:/x:ro,loud"),
-            "unknown option \"loud\" (expected ro, rw, nosuid, nodev, noexec, rbind, norbind)"
+            "unknown option \"loud\" (expected ro, rw, nosuid, nodev, noexec, rbind, norbind, idmap, noidmap)"
         );
         assert!(parse(Kind::BindMount, "/srv:/run/hostname").is_ok());
     }
