@@ -201,14 +201,6 @@ fn plan_child(
         // Claimed at start (`start`), held while the machine runs.
         users: None,
     };
-    if exec.private_users != PrivateUsers::No && spec.files.volatile != crate::spec::Volatile::No {
-        bail!(
-            "machine \"{}\": Volatile={} with PrivateUsers={} is not supported yet (the temporary root would need an idmapped overlay); set PrivateUsers=no for this machine",
-            tree.name,
-            format!("{:?}", spec.files.volatile).to_lowercase(),
-            exec.private_users
-        );
-    }
     Ok(Planned {
         child,
         notify_ready: is_init && exec.notify_ready,

@@ -235,12 +235,11 @@ fn mount_on(fstype: &str, target: BorrowedFd<'_>, flags: MsFlags, data: Option<&
 /// every mount in it read-only here, before anything is mounted on top, so
 /// the API file systems stay writable.
 /// The tree as the supervisor mounted it for a machine with a user
-/// namespace: idmapped (files owned by 0..65535 on disk show as the
-/// machine's own), already read-only for ReadOnly=yes, with a writable
-/// clone to make missing mount points through.
+/// namespace: idmapped, so files owned by 0..65535 on disk show as the
+/// machine's own. It is attached over the tree, and the rest of the setup
+/// (ReadOnly=, Volatile=) works on it as on the tree itself.
 pub struct Premade {
     pub tree: OwnedFd,
-    pub writable: Option<OwnedFd>,
 }
 
 pub fn isolate(
@@ -262,15 +261,11 @@ pub fn isolate(
         Some(p) => {
             let shown = tree.show("/");
             io_step(
-                "mounting the tree on",
+                "mounting the idmapped tree on",
                 &shown,
                 sys::move_mount_onto(p.tree.as_fd(), tree.fd()),
             )?;
-            let root = InRoot::from_fd(p.tree, shown.clone());
-            match p.writable {
-                Some(w) => root.with_mount_points_through(InRoot::from_fd(w, shown)),
-                None => root,
-            }
+            attach(&InRoot::from_fd(p.tree, shown), read_only, volatile, machine_id)?
         }
         None => attach(tree, read_only, volatile, machine_id)?,
     };
@@ -705,15 +700,9 @@ pub fn timezone(root: &InRoot, mode: Timezone) -> Result<()> {
 /// /var/log/journal/MACHINE-ID, bound (nosuid, nodev) to the same path in
 /// the machine. The caller refuses a machine id equal to the host's.
 pub fn link_journal(root: &InRoot, mode: LinkJournal, machine_id: &str) -> Result<()> {
-    let wanted = match mode {
-        LinkJournal::No | LinkJournal::Guest | LinkJournal::TryGuest => false,
-        LinkJournal::Auto => Path::new("/var/log/journal").is_dir(),
-        LinkJournal::Host | LinkJournal::TryHost => true,
-    };
-    if !wanted || machine_id.len() != 32 || !machine_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let Some(host_dir) = host_journal_dir(mode, machine_id) else {
         return Ok(());
-    }
-    let host_dir = Path::new("/var/log/journal").join(machine_id);
+    };
     let path = format!("/var/log/journal/{machine_id}");
     let result = io_step("creating", &host_dir, fs::create_dir_all(&host_dir))
         .and_then(|_| Ok(root.mkdir_all(&path, 0o755)?))
@@ -731,6 +720,18 @@ pub fn link_journal(root: &InRoot, mode: LinkJournal, machine_id: &str) -> Resul
         (Err(e), LinkJournal::Host) => Err(e),
         _ => Ok(()),
     }
+}
+
+/// The host's directory of the machine's journal when `mode` keeps it on
+/// the host (host, try-host, and auto on a host with a persistent journal).
+pub fn host_journal_dir(mode: LinkJournal, machine_id: &str) -> Option<PathBuf> {
+    let wanted = match mode {
+        LinkJournal::No | LinkJournal::Guest | LinkJournal::TryGuest => false,
+        LinkJournal::Auto => Path::new("/var/log/journal").is_dir(),
+        LinkJournal::Host | LinkJournal::TryHost => true,
+    };
+    let valid = machine_id.len() == 32 && machine_id.bytes().all(|b| b.is_ascii_hexdigit());
+    (wanted && valid).then(|| Path::new("/var/log/journal").join(machine_id))
 }
 
 /// LinkJournal=guest|try-guest: the machine's journal stays in its tree

@@ -310,7 +310,6 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     if spec.users.is_some() {
         become_root_inside()?;
         let tree = handed.next();
-        let writable = if spec.files.read_only { handed.next() } else { None };
         let binds: Vec<Option<OwnedFd>> = spec
             .files
             .binds
@@ -318,7 +317,7 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
             .map(|b| if b.idmap { handed.next() } else { None })
             .collect();
         match tree {
-            Some(tree) => mounts = Some((rootfs::Premade { tree, writable }, binds)),
+            Some(tree) => mounts = Some((rootfs::Premade { tree }, binds)),
             None => {
                 return Err(SetupError {
                     what: "receiving the idmapped tree for",

@@ -304,6 +304,8 @@ fn run_boots(
                 tree: child.tree.clone(),
                 files: child.files.clone(),
                 console: child.console.clone(),
+                link_journal: child.link_journal,
+                machine_id: child.machine_id.clone(),
                 cgroup_mount: cg_mount.to_path_buf(),
             }));
         }

@@ -281,14 +281,17 @@ pub fn claim(name: &str, mode: PrivateUsers, dir: &Path) -> Result<Option<Claim>
 /// The parent step of a machine with a user namespace (between clone and
 /// `Go`): write its ID maps, give it its cgroup and console, and make the
 /// idmapped mounts it boots from. Descriptors handed to the child, in this
-/// order: the tree; a writable clone of it with ReadOnly=yes; one per
-/// Bind= with `idmap`.
+/// order: the tree; one per Bind= with `idmap`.
 pub struct UserNamespace {
     pub range: IdRange,
     pub tree: std::sync::Arc<crate::inroot::InRoot>,
     pub files: crate::spec::Files,
     /// The console's pty slave on the host.
     pub console: Option<PathBuf>,
+    /// LinkJournal= and the machine's id: a journal kept on the host is
+    /// made here and given to the machine's root, which may not create it.
+    pub link_journal: crate::spec::LinkJournal,
+    pub machine_id: String,
     /// The cgroup2 mount.
     pub cgroup_mount: PathBuf,
 }
@@ -413,6 +416,23 @@ impl crate::setup::ParentStep for UserNamespace {
                 )
             })?;
         }
+        if let Some(dir) = crate::rootfs::host_journal_dir(self.link_journal, &self.machine_id) {
+            let made = std::fs::create_dir_all(&dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| {
+                    let base = self.range.base;
+                    nix::unistd::chown(
+                        &dir,
+                        Some(nix::unistd::Uid::from_raw(base)),
+                        Some(nix::unistd::Gid::from_raw(base)),
+                    )
+                    .map_err(anyhow::Error::from)
+                });
+            // Only LinkJournal=host fails the start (as in the machine).
+            if let (Err(e), crate::spec::LinkJournal::Host) = (made, self.link_journal) {
+                anyhow::bail!("making the machine's journal {}: {e}", dir.display());
+            }
+        }
         // The machine's user namespace, through the unreaped child's pid.
         let path = format!("/proc/{pid}/ns/user");
         let userns = nix::fcntl::open(
@@ -423,15 +443,7 @@ impl crate::setup::ParentStep for UserNamespace {
         .map_err(|e| anyhow::anyhow!("opening {path}: {}", e.desc()))?;
         let shown = self.tree.show("/");
         let mut fds = Vec::new();
-        let ro = if self.files.read_only {
-            crate::sys::MOUNT_ATTR_RDONLY
-        } else {
-            0
-        };
-        fds.push(self.idmapped(self.tree.fd(), userns.as_fd(), true, ro, &shown)?);
-        if self.files.read_only {
-            fds.push(self.idmapped(self.tree.fd(), userns.as_fd(), true, 0, &shown)?);
-        }
+        fds.push(self.idmapped(self.tree.fd(), userns.as_fd(), true, 0, &shown)?);
         for b in self.files.binds.iter().filter(|b| b.idmap) {
             let source = Path::new(&b.source);
             let fd = nix::fcntl::open(
