@@ -812,8 +812,9 @@ pub fn bind_attrs(b: &crate::config::value::Bind) -> u64 {
 
 /// [Files]: bind mounts, temporary file systems and inaccessible paths.
 ///
-/// `premade` holds, per bind, the idmapped mount the supervisor made for a
-/// machine with a user namespace (its flags already set), or None.
+/// `premade` holds, per bind, the detached mount the supervisor made for a
+/// machine with a user namespace (idmapped or not, its flags already set),
+/// or None.
 pub fn mount_files(root: &InRoot, files: &Files, premade: Vec<Option<OwnedFd>>) -> Result<()> {
     let mut premade = premade.into_iter();
     for b in &files.binds {

@@ -310,12 +310,7 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     if spec.users.is_some() {
         become_root_inside()?;
         let tree = handed.next();
-        let binds: Vec<Option<OwnedFd>> = spec
-            .files
-            .binds
-            .iter()
-            .map(|b| if b.idmap { handed.next() } else { None })
-            .collect();
+        let binds: Vec<Option<OwnedFd>> = spec.files.binds.iter().map(|_| handed.next()).collect();
         match tree {
             Some(tree) => mounts = Some((rootfs::Premade { tree }, binds)),
             None => {

@@ -229,9 +229,17 @@ pub fn claim(name: &str, mode: PrivateUsers, dir: &Path) -> Result<Option<Claim>
     let host = HostIds::read();
     match mode {
         PrivateUsers::Fixed { base, size } => {
-            // The admin's choice: only another machine on it is refused.
+            // The admin's choice: only another machine on it is refused,
+            // berth's (its lock) or another manager's (its ID map).
             let range = IdRange { base, size };
             let shown = mode.to_string();
+            let Some(lock) = try_lock(dir, range)? else {
+                return Err(ClaimError::Taken {
+                    name: name.into(),
+                    range: shown,
+                    lock: lock_path(dir, base),
+                });
+            };
             if let Some(pid) = host.conflict(range).and_then(|w| w.strip_prefix("pid ")) {
                 return Err(ClaimError::Mapped {
                     name: name.into(),
@@ -239,17 +247,10 @@ pub fn claim(name: &str, mode: PrivateUsers, dir: &Path) -> Result<Option<Claim>
                     pid: pid.parse().unwrap_or_default(),
                 });
             }
-            match try_lock(dir, range)? {
-                Some(lock) => Ok(Some(Claim {
-                    range,
-                    _lock: Some(lock),
-                })),
-                None => Err(ClaimError::Taken {
-                    name: name.into(),
-                    range: shown,
-                    lock: lock_path(dir, base),
-                }),
-            }
+            Ok(Some(Claim {
+                range,
+                _lock: Some(lock),
+            }))
         }
         _ => {
             let slots = (PICK_END - PICK_FIRST) / RANGE;
@@ -281,7 +282,7 @@ pub fn claim(name: &str, mode: PrivateUsers, dir: &Path) -> Result<Option<Claim>
 /// The parent step of a machine with a user namespace (between clone and
 /// `Go`): write its ID maps, give it its cgroup and console, and make the
 /// idmapped mounts it boots from. Descriptors handed to the child, in this
-/// order: the tree; one per Bind= with `idmap`.
+/// order: the tree; one per Bind= (idmapped with its `idmap` option).
 pub struct UserNamespace {
     pub range: IdRange,
     pub tree: std::sync::Arc<crate::inroot::InRoot>,
@@ -345,12 +346,12 @@ impl UserNamespace {
         Ok(())
     }
 
-    /// A detached, idmapped clone of `source` (every mount below it with
-    /// `recursive`), with `attrs` set.
-    fn idmapped(
+    /// A detached clone of `source` (every mount below it with
+    /// `recursive`), idmapped through `userns` when given, with `attrs` set.
+    fn detached(
         &self,
         source: std::os::fd::BorrowedFd<'_>,
-        userns: std::os::fd::BorrowedFd<'_>,
+        userns: Option<std::os::fd::BorrowedFd<'_>>,
         recursive: bool,
         attrs: u64,
         shown: &Path,
@@ -364,7 +365,7 @@ impl UserNamespace {
             )
         })?;
         // Identity maps need no idmapping: the IDs are the host's.
-        if self.range.base != 0 {
+        if let Some(userns) = userns.filter(|_| self.range.base != 0) {
             crate::sys::mount_setattr_idmap(clone.as_fd(), userns, recursive).map_err(|e| match e.raw_os_error() {
                 Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => anyhow::anyhow!(
                     "{} cannot be shown through an idmapped mount (its file system, or one mounted below it, does not support idmapping; Linux 5.12 or later idmaps ext4, xfs, btrfs, and tmpfs from 6.3): move it to such a file system, or set PrivateUsers=no{}",
@@ -443,8 +444,10 @@ impl crate::setup::ParentStep for UserNamespace {
         .map_err(|e| anyhow::anyhow!("opening {path}: {}", e.desc()))?;
         let shown = self.tree.show("/");
         let mut fds = Vec::new();
-        fds.push(self.idmapped(self.tree.fd(), userns.as_fd(), true, 0, &shown)?);
-        for b in self.files.binds.iter().filter(|b| b.idmap) {
+        fds.push(self.detached(self.tree.fd(), Some(userns.as_fd()), true, 0, &shown)?);
+        // Every bind is cloned here, on the host: root in the machine's
+        // user namespace may not search the host's paths to its source.
+        for b in &self.files.binds {
             let source = Path::new(&b.source);
             let fd = nix::fcntl::open(
                 source,
@@ -452,9 +455,9 @@ impl crate::setup::ParentStep for UserNamespace {
                 nix::sys::stat::Mode::empty(),
             )
             .map_err(|e| anyhow::anyhow!("opening {}: {}", source.display(), e.desc()))?;
-            fds.push(self.idmapped(
+            fds.push(self.detached(
                 fd.as_fd(),
-                userns.as_fd(),
+                b.idmap.then_some(userns.as_fd()),
                 b.recursive,
                 crate::rootfs::bind_attrs(b),
                 source,

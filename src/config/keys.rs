@@ -138,7 +138,7 @@ pub static KEYS: &[KeyDef] = &[
     key("Files", "Bind", BindMount)
         .repeatable()
         .privileged()
-        .describe("Bind a host path into the machine: SOURCE[:DESTINATION[:OPTIONS]], OPTIONS of ro, rw, nosuid, nodev, noexec, rbind, norbind; repeatable"),
+        .describe("Bind a host path into the machine: SOURCE[:DESTINATION[:OPTIONS]], OPTIONS of ro, rw, nosuid, nodev, noexec, rbind, norbind, idmap (with a user namespace, the host's IDs 0-65535 show as the machine's own: root inside then writes as the host's root there), noidmap (the default); repeatable"),
     key("Files", "BindReadOnly", BindMount)
         .repeatable()
         .privileged()

@@ -44,7 +44,11 @@ pub struct Bind {
     pub nodev: bool,
     pub noexec: bool,
     /// Shown through an idmapped mount when the machine has a user
-    /// namespace of its own (`idmap`, the default), or as it is (`noidmap`).
+    /// namespace of its own (`idmap`), or as it is (`noidmap`, the
+    /// default). Not the default: through an idmapped bind, root inside
+    /// writes as the host's root, and could leave a setuid-root program in
+    /// a directory other host users reach (the tree itself lies in
+    /// /var/lib/machines, root's alone).
     pub idmap: bool,
 }
 
@@ -169,8 +173,8 @@ impl fmt::Display for Value {
                         .filter(|(on, _)| *on)
                         .map(|(_, n)| *n),
                 );
-                if !b.idmap {
-                    opts.push("noidmap");
+                if b.idmap {
+                    opts.push("idmap");
                 }
                 write!(f, "{}:{}:{}", b.source, b.target, opts.join(","))
             }
@@ -451,7 +455,7 @@ fn bind(text: &str) -> Result<Bind, String> {
         nosuid: false,
         nodev: false,
         noexec: false,
-        idmap: true,
+        idmap: false,
     };
     if let Some(opts) = parts.get(2) {
         for o in opts.split(',').filter(|o| !o.is_empty()) {
