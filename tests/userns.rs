@@ -56,7 +56,7 @@ fn a_picked_range_is_the_machines_own_and_the_tree_stays_as_it_was() {
     assert_eq!(m.exec_ok(&["systemctl", "--failed", "--no-legend"]), "");
     let (inside, base, count) = uid_map(m.leader());
     assert_eq!((inside, count), (0, 65536));
-    assert!(base >= 524288 && base < 0x7000_0000 && base % 65536 == 0, "base {base}");
+    assert!((524288..0x7000_0000).contains(&base) && base % 65536 == 0, "base {base}");
     // The range is claimed while the machine runs.
     assert!(Path::new(&format!("/run/berth/users/{base}.lock")).exists());
     // Inside, the tree's files are root's as on disk; the init is root
