@@ -56,7 +56,10 @@ fn a_picked_range_is_the_machines_own_and_the_tree_stays_as_it_was() {
     assert_eq!(m.exec_ok(&["systemctl", "--failed", "--no-legend"]), "");
     let (inside, base, count) = uid_map(m.leader());
     assert_eq!((inside, count), (0, 65536));
-    assert!((524288..0x7000_0000).contains(&base) && base % 65536 == 0, "base {base}");
+    assert!(
+        (524288..0x7000_0000).contains(&base) && base % 65536 == 0,
+        "base {base}"
+    );
     // The range is claimed while the machine runs.
     assert!(Path::new(&format!("/run/berth/users/{base}.lock")).exists());
     // Inside, the tree's files are root's as on disk; the init is root
@@ -173,9 +176,9 @@ fn binds_show_host_ids_only_when_idmapped() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.lines().last().unwrap_or_default().starts_with(&format!(
+        err.lines().last().unwrap_or_default().starts_with(
             "berth: machine \"t-ns-bind\": giving the machine its user namespace (host IDs "
-        )) && err.trim_end().ends_with("/proc/sys/kernel cannot be shown through an idmapped mount (its file system, or one mounted below it, does not support idmapping; Linux 5.12 or later idmaps ext4, xfs, btrfs, and tmpfs from 6.3): move it to such a file system, or set PrivateUsers=no or the bind's noidmap option"),
+        ) && err.trim_end().ends_with("/proc/sys/kernel cannot be shown through an idmapped mount (its file system, or one mounted below it, does not support idmapping; Linux 5.12 or later idmaps ext4, xfs, btrfs, and tmpfs from 6.3): move it to such a file system, or set PrivateUsers=no or the bind's noidmap option"),
         "{err}"
     );
 }
