@@ -87,6 +87,12 @@ const fn one(kind: Kind, major: u32, minor: u32, access: u32) -> Rule {
     }
 }
 
+/// What a systemd unit or scope allows on top of `DevicePolicy=closed`
+/// (systemd's own set: null, zero, full, random, urandom, tty, ptmx and the
+/// inaccessible nodes): the scope properties use this list, and
+/// units/machine@.service says the same (a test compares them).
+pub const SYSTEMD_DEVICE_ALLOW: &[(&str, &str)] = &[("/dev/net/tun", "rwm"), ("char-pts", "rw")];
+
 /// Allowed besides `rootfs::DEVICE_NODES` (see the module's doc).
 const MORE: &[Rule] = &[
     one(Kind::Char, 5, 2, RWM),
@@ -292,6 +298,30 @@ mod tests {
                 c => panic!("unexpected opcode {c:#x} at {}", pc - 1),
             }
         }
+    }
+
+    /// The unit template allows what the scope properties allow, and both
+    /// what berth's own program allows: tun, and the pty slaves.
+    #[test]
+    fn systemd_and_berth_allow_the_same() {
+        let unit = include_str!("../units/machine@.service");
+        assert!(unit.lines().any(|l| l == "DevicePolicy=closed"));
+        let allow: Vec<&str> = unit.lines().filter_map(|l| l.strip_prefix("DeviceAllow=")).collect();
+        let ours: Vec<String> = SYSTEMD_DEVICE_ALLOW.iter().map(|(d, a)| format!("{d} {a}")).collect();
+        assert_eq!(allow, ours);
+        assert_eq!(
+            SYSTEMD_DEVICE_ALLOW,
+            [("/dev/net/tun", "rwm"), ("char-pts", "rw")],
+            "change the rules of berth's program with this list"
+        );
+        let rules = rules();
+        assert!(rules.contains(&one(Kind::Char, 10, 200, RWM)));
+        assert!(rules.contains(&Rule {
+            kind: Kind::Char,
+            majors: (136, 143),
+            minor: None,
+            access: READ | WRITE
+        }));
     }
 
     #[test]

@@ -338,7 +338,7 @@ fn scope_properties(plan: &Plan) -> Vec<(&'static str, zbus::Variant<'static>)> 
         ("DevicePolicy", Variant::from("closed")),
         (
             "DeviceAllow",
-            Variant::from(vec![("/dev/net/tun", "rwm"), ("char-pts", "rw")]),
+            Variant::from(crate::devices::SYSTEMD_DEVICE_ALLOW.to_vec()),
         ),
         ("TasksMax", Variant::from(cgroup::TASKS_MAX as u64)),
     ];
