@@ -572,12 +572,15 @@ struct ProgQueryAttr {
     prog_cnt: u32,
 }
 
-/// bpf(2) with `attr`, a fully initialised `union bpf_attr` part.
+/// bpf(2) with `attr`, a fully initialised `union bpf_attr` part. Private:
+/// only the three wrappers below call it, each with its own attr type.
 fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> libc::c_long {
-    // SAFETY: `attr` is a valid, initialised #[repr(C)] prefix of
-    // `union bpf_attr` for `cmd`, of the size passed, and lives through the
-    // call; every pointer it carries (set by the callers below) points to
-    // memory that outlives the call, with the lengths given beside it.
+    // SAFETY: the callers below pass, for each `cmd`, the #[repr(C)] struct
+    // laid out as that command's part of `union bpf_attr`, fully
+    // initialised, with its size; the kernel reads (and for a query writes)
+    // only that many bytes. The pointers in it (instructions, licence, log
+    // buffer) point to the callers' borrowed slices, which outlive the
+    // call, with their lengths beside them.
     unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) }
 }
 
