@@ -123,7 +123,8 @@ pub struct DevicePolicy {
 
 impl ParentStep for DevicePolicy {
     fn name(&self) -> String {
-        format!("restricting the devices of cgroup {}", self.cgroup.display())
+        // The cause names the cgroup.
+        "restricting the machine's devices".to_string()
     }
 
     fn run(&mut self, _child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>> {
