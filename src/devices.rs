@@ -115,18 +115,21 @@ pub fn rules() -> Vec<Rule> {
         .collect()
 }
 
+/// Why the policy could not be put in place, naming the cgroup, in one
+/// line. (The OS error is part of the text, not a `source`: printed as the
+/// error's chain it would appear twice.)
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("cgroup {}: opening it for the device policy: {}", cgroup.display(), os_error(source))]
-    Open { cgroup: PathBuf, source: std::io::Error },
-    #[error("cgroup {}: the kernel refused berth's device program (BPF_PROG_TYPE_CGROUP_DEVICE): {}{}", cgroup.display(), os_error(source), verifier_says(log))]
+    #[error("cgroup {}: opening it for the device policy: {}", cgroup.display(), os_error(error))]
+    Open { cgroup: PathBuf, error: std::io::Error },
+    #[error("cgroup {}: the kernel refused berth's device program (a BPF_PROG_TYPE_CGROUP_DEVICE program: does this kernel have CONFIG_CGROUP_BPF?): {}{}", cgroup.display(), os_error(error), verifier_says(log))]
     Load {
         cgroup: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
         log: String,
     },
-    #[error("cgroup {}: cannot attach berth's device program (does this kernel have CONFIG_CGROUP_BPF?): {}", cgroup.display(), os_error(source))]
-    Attach { cgroup: PathBuf, source: std::io::Error },
+    #[error("cgroup {}: cannot attach berth's device program: {}", cgroup.display(), os_error(error))]
+    Attach { cgroup: PathBuf, error: std::io::Error },
 }
 
 fn verifier_says(log: &str) -> String {
@@ -143,9 +146,9 @@ pub const PROGRAM_NAME: &str = "berth_devices";
 /// directory), so that its processes and every cgroup below it may use
 /// only the devices of `rules()`.
 pub fn restrict(cgroup: &Path) -> Result<(), DeviceError> {
-    let dir = std::fs::File::open(cgroup).map_err(|source| DeviceError::Open {
+    let dir = std::fs::File::open(cgroup).map_err(|error| DeviceError::Open {
         cgroup: cgroup.into(),
-        source,
+        error,
     })?;
     let program = assemble(&rules());
     // berth's own licence: the program calls no kernel helper, so none
@@ -159,7 +162,7 @@ pub fn restrict(cgroup: &Path) -> Result<(), DeviceError> {
         &mut [],
     ) {
         Ok(fd) => fd,
-        Err(source) => {
+        Err(error) => {
             // Again with the verifier's log, to say why.
             let mut log = vec![0u8; 64 * 1024];
             let _ = sys::bpf_prog_load(
@@ -172,7 +175,7 @@ pub fn restrict(cgroup: &Path) -> Result<(), DeviceError> {
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
             return Err(DeviceError::Load {
                 cgroup: cgroup.into(),
-                source,
+                error,
                 log: String::from_utf8_lossy(&log[..end]).into_owned(),
             });
         }
@@ -183,9 +186,9 @@ pub fn restrict(cgroup: &Path) -> Result<(), DeviceError> {
         sys::BPF_CGROUP_DEVICE,
         sys::BPF_F_ALLOW_MULTI,
     )
-    .map_err(|source| DeviceError::Attach {
+    .map_err(|error| DeviceError::Attach {
         cgroup: cgroup.into(),
-        source,
+        error,
     })
     // The attachment holds the program; our descriptor can go.
 }
