@@ -122,7 +122,7 @@ pub fn rules() -> Vec<Rule> {
 pub enum DeviceError {
     #[error("cgroup {}: opening it for the device policy: {}", cgroup.display(), os_error(error))]
     Open { cgroup: PathBuf, error: std::io::Error },
-    #[error("cgroup {}: the kernel refused berth's device program (a BPF_PROG_TYPE_CGROUP_DEVICE program: does this kernel have CONFIG_CGROUP_BPF?): {}{}", cgroup.display(), os_error(error), verifier_says(log))]
+    #[error("cgroup {}: the kernel refused berth's device program (BPF_PROG_TYPE_CGROUP_DEVICE): {}{}", cgroup.display(), os_error(error), why_refused(log))]
     Load {
         cgroup: PathBuf,
         error: std::io::Error,
@@ -132,10 +132,17 @@ pub enum DeviceError {
     Attach { cgroup: PathBuf, error: std::io::Error },
 }
 
-fn verifier_says(log: &str) -> String {
-    match log.lines().rev().find(|l| !l.trim().is_empty()) {
-        Some(last) => format!(" (verifier: {})", last.trim()),
-        None => String::new(),
+/// The verifier's reason (its last line before the statistics), or, with
+/// no log at all, the likely one.
+fn why_refused(log: &str) -> String {
+    match log
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time"))
+    {
+        Some(reason) => format!(" (verifier: {reason})"),
+        None => " (does this kernel have CONFIG_CGROUP_BPF?)".to_string(),
     }
 }
 
@@ -146,11 +153,14 @@ pub const PROGRAM_NAME: &str = "berth_devices";
 /// directory), so that its processes and every cgroup below it may use
 /// only the devices of `rules()`.
 pub fn restrict(cgroup: &Path) -> Result<(), DeviceError> {
+    attach(cgroup, &assemble(&rules()))
+}
+
+fn attach(cgroup: &Path, program: &[BpfInsn]) -> Result<(), DeviceError> {
     let dir = std::fs::File::open(cgroup).map_err(|error| DeviceError::Open {
         cgroup: cgroup.into(),
         error,
     })?;
-    let program = assemble(&rules());
     // berth's own licence: the program calls no kernel helper, so none
     // that is GPL-only.
     let license = std::ffi::CString::new(env!("CARGO_PKG_LICENSE")).expect("a licence without NUL");
@@ -469,6 +479,23 @@ mod tests {
         assert_eq!(attached(&cg.0), 2);
         std::fs::remove_dir(&cg.0).unwrap();
         std::fs::create_dir(&cg.0).unwrap();
+        assert_eq!(attached(&cg.0), 0);
+    }
+
+    /// A program the verifier refuses (a berth bug) is reported with the
+    /// verifier's last word, and nothing is attached.
+    #[test]
+    fn a_refused_program_says_why_in_one_line() {
+        let cg = test_cgroup("devices-refused");
+        let e = attach(&cg.0, &[insn(EXIT, 0, 0, 0, 0)]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "cgroup {}: the kernel refused berth's device program (BPF_PROG_TYPE_CGROUP_DEVICE): \
+                 Permission denied (verifier: R0 !read_ok)",
+                cg.0.display()
+            )
+        );
         assert_eq!(attached(&cg.0), 0);
     }
 
