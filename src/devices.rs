@@ -166,7 +166,7 @@ fn attach(cgroup: &Path, program: &[BpfInsn]) -> Result<(), DeviceError> {
     let license = std::ffi::CString::new(env!("CARGO_PKG_LICENSE")).expect("a licence without NUL");
     let loaded = match sys::bpf_prog_load(
         sys::BPF_PROG_TYPE_CGROUP_DEVICE,
-        &program,
+        program,
         &license,
         PROGRAM_NAME,
         &mut [],
@@ -177,7 +177,7 @@ fn attach(cgroup: &Path, program: &[BpfInsn]) -> Result<(), DeviceError> {
             let mut log = vec![0u8; 64 * 1024];
             let _ = sys::bpf_prog_load(
                 sys::BPF_PROG_TYPE_CGROUP_DEVICE,
-                &program,
+                program,
                 &license,
                 PROGRAM_NAME,
                 &mut log,
