@@ -44,8 +44,9 @@
 //!
 //! Under a systemd unit (machine@NAME.service, or machined's scope) systemd
 //! itself attaches such a program for `DevicePolicy=closed`; berth adds
-//! none there (it would stay on the unit's cgroup, which outlives berth's
-//! boots, and pile up one per reboot).
+//! none there: that cgroup and its programs are systemd's, which replaces
+//! its own on a reload and would never see or remove one of berth's (an
+//! admin who removes DevicePolicy= from the unit means it).
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
