@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod console;
+pub mod devices;
 pub mod exit;
 pub mod halt;
 pub mod image;

@@ -113,6 +113,26 @@ impl ParentStep for MoveToCgroup {
     }
 }
 
+/// Restrict the devices of a machine berth starts on its own to those it
+/// creates (`devices`), on the cgroup above the payload (berth's scope),
+/// before the machine's init makes or opens any node. Nothing to undo: the
+/// program goes with the scope.
+pub struct DevicePolicy {
+    pub cgroup: PathBuf,
+}
+
+impl ParentStep for DevicePolicy {
+    fn name(&self) -> String {
+        // The cause names the cgroup.
+        "restricting the machine's devices".to_string()
+    }
+
+    fn run(&mut self, _child: Child<'_>) -> anyhow::Result<Vec<OwnedFd>> {
+        crate::devices::restrict(&self.cgroup)?;
+        Ok(vec![])
+    }
+}
+
 /// Register the machine with systemd-machined, its leader already in the
 /// unit's payload cgroup (berth runs as machine@NAME.service). Undone by
 /// unregistering (best effort: machined also drops it with the unit).

@@ -20,7 +20,9 @@ use crate::exit::{ExitReason, Next};
 use crate::name::MachineName;
 use crate::notify;
 use crate::protocol::{Channel, ToParent};
-use crate::setup::{CgroupLimits, CreateMachine, MoveToCgroup, ParentSetup, ParentStep, RegisterMachine, UnitLimits};
+use crate::setup::{
+    CgroupLimits, CreateMachine, DevicePolicy, MoveToCgroup, ParentSetup, ParentStep, RegisterMachine, UnitLimits,
+};
 use crate::spawn::{self, ChildSpec};
 
 /// A machine ready to be started: checked input, nothing created yet.
@@ -275,6 +277,14 @@ fn run_boots(
                 }
             }
             (Some(cg), _) => {
+                // Standalone, nothing else restricts the machine's devices
+                // (a unit has DevicePolicy=, see `devices`): first, before
+                // the init leaves its wait for Go.
+                if placement == Placement::Own {
+                    steps.push(Box::new(DevicePolicy {
+                        cgroup: cg.limits.clone(),
+                    }));
+                }
                 steps.push(Box::new(MoveToCgroup {
                     cgroup: cg.payload.clone(),
                 }));
@@ -340,7 +350,7 @@ fn scope_properties(plan: &Plan) -> Vec<(&'static str, zbus::Variant<'static>)> 
         ("DevicePolicy", Variant::from("closed")),
         (
             "DeviceAllow",
-            Variant::from(vec![("/dev/net/tun", "rwm"), ("char-pts", "rw")]),
+            Variant::from(crate::devices::SYSTEMD_DEVICE_ALLOW.to_vec()),
         ),
         ("TasksMax", Variant::from(cgroup::TASKS_MAX as u64)),
     ];

@@ -546,6 +546,145 @@ pub fn mount_ns_owned_by_own_user_ns() -> io::Result<bool> {
     Ok(owner_ino == own_ino)
 }
 
+/// `struct bpf_insn` from linux/bpf.h: one eBPF instruction, the
+/// destination register in the low four bits of `regs`, the source in the
+/// high four.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BpfInsn {
+    pub code: u8,
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+/// bpf(2) commands, program and attach types, from linux/bpf.h.
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_PROG_ATTACH: libc::c_int = 8;
+const BPF_PROG_QUERY: libc::c_int = 16;
+pub const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+pub const BPF_CGROUP_DEVICE: u32 = 6;
+pub const BPF_F_ALLOW_MULTI: u32 = 1 << 1;
+
+/// The `BPF_PROG_LOAD` part of `union bpf_attr`, up to
+/// `expected_attach_type` (the kernel takes a shorter attr as zeros beyond).
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// The `BPF_PROG_ATTACH` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+/// The `BPF_PROG_QUERY` part of `union bpf_attr`, up to `prog_cnt`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgQueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+}
+
+/// bpf(2) with `attr`, a fully initialised `union bpf_attr` part. Private:
+/// only the three wrappers below call it, each with its own attr type.
+fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> libc::c_long {
+    // SAFETY: the callers below pass, for each `cmd`, the #[repr(C)] struct
+    // laid out as that command's part of `union bpf_attr`, fully
+    // initialised, with its size; the kernel reads (and for a query writes)
+    // only that many bytes. The pointers in it (instructions, licence, log
+    // buffer) point to the callers' borrowed slices, which outlive the
+    // call, with their lengths beside them.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) }
+}
+
+/// Load an eBPF program (`BPF_PROG_LOAD`); returns its descriptor. `name`
+/// (at most 15 characters: letters, digits, `_`, `.`) shows in bpftool.
+/// When the verifier refuses the program, its log is written to `log` (if
+/// not empty).
+pub fn bpf_prog_load(
+    prog_type: u32,
+    insns: &[BpfInsn],
+    license: &std::ffi::CStr,
+    name: &str,
+    log: &mut [u8],
+) -> io::Result<std::os::fd::OwnedFd> {
+    let mut prog_name = [0u8; 16];
+    if name.len() >= prog_name.len() {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    prog_name[..name.len()].copy_from_slice(name.as_bytes());
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns
+            .len()
+            .try_into()
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name,
+        ..Default::default()
+    };
+    if !log.is_empty() {
+        attr.log_level = 1;
+        attr.log_size = log.len().min(u32::MAX as usize) as u32;
+        attr.log_buf = log.as_mut_ptr() as u64;
+    }
+    owned_fd_or_error(bpf(BPF_PROG_LOAD, &mut attr))
+}
+
+/// Attach a loaded program to the object `target` (a cgroup directory for
+/// cgroup programs) with `BPF_PROG_ATTACH`.
+pub fn bpf_prog_attach(target: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_type: u32, flags: u32) -> io::Result<()> {
+    let mut attr = ProgAttachAttr {
+        target_fd: target.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type,
+        attach_flags: flags,
+        ..Default::default()
+    };
+    if bpf(BPF_PROG_ATTACH, &mut attr) < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How many programs of `attach_type` are attached to `target` itself
+/// (`BPF_PROG_QUERY`, not counting those inherited from above).
+pub fn bpf_prog_count(target: BorrowedFd<'_>, attach_type: u32) -> io::Result<u32> {
+    let mut attr = ProgQueryAttr {
+        target_fd: target.as_raw_fd() as u32,
+        attach_type,
+        ..Default::default()
+    };
+    if bpf(BPF_PROG_QUERY, &mut attr) < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(attr.prog_cnt)
+}
+
 /// fork(2) in a test, whose process always has a second thread (the
 /// harness runs each test on a thread of its own while its main thread
 /// waits): refuses a third. The caller runs alone in a test binary executed

@@ -448,6 +448,73 @@ fn booted_machines_services_cannot_mount_a_fresh_proc() {
     m.stop_ok();
 }
 
+/// Root inside a booted machine is real root with CAP_MKNOD (no user
+/// namespace), yet it can neither make a node of the host's root disk nor
+/// write to the kernel log through a node the host made (bound in; writing
+/// needs no capability, reading needs CAP_SYSLOG, which the machine lacks
+/// anyway): berth's
+/// device policy on the machine's scope refuses both (the host's root can
+/// do both here). What berth creates still works, and the machine's systemd
+/// comes up with no failed unit.
+#[test]
+fn root_inside_cannot_make_or_open_host_devices() {
+    let dev = nix::sys::stat::stat("/").unwrap().st_dev;
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let host = tempfile::tempdir().unwrap();
+    nix::sys::stat::mknod(
+        &host.path().join("kmsg"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(1, 11),
+    )
+    .unwrap();
+    let bind = format!("--bind={}:/srv/host", host.path().display());
+    let mut m = Machine::boot("t-devices", &[&bind]);
+    m.wait_ready();
+    assert_eq!(m.exec_ok(&["systemctl", "is-system-running"]), "running");
+    assert_eq!(
+        m.exec_ok(&["systemctl", "list-units", "--failed", "--plain", "--no-legend"]),
+        ""
+    );
+    // In a service of the machine's systemd: `nsenter` alone would run in
+    // the test's own cgroup, outside the machine's. (The machine's /tmp is
+    // nodev: a node made there is never opened, but making it is what the
+    // policy decides.)
+    let script = format!(
+        "mknod /tmp/disk b {major} {minor} 2>&1; head -c1 /tmp/disk 2>&1; \
+         mknod /tmp/kmsg c 1 11 2>&1; {{ echo berth-test > /srv/host/kmsg; }} 2>&1; \
+         head -c1 /dev/null && echo null: ok; echo x > /dev/null && echo written: ok; \
+         head -c4 /dev/urandom | wc -c; test -c /dev/net/tun && echo tun: ok; \
+         mknod /tmp/null c 1 3 && echo mknod null: ok; rm -f /tmp/null"
+    );
+    let out = m.exec(&["systemd-run", "--wait", "--pipe", "-q", "sh", "-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().collect::<Vec<_>>(),
+        [
+            "mknod: /tmp/disk: Operation not permitted",
+            "head: cannot open '/tmp/disk' for reading: No such file or directory",
+            "mknod: /tmp/kmsg: Operation not permitted",
+            "/usr/bin/sh: 1: cannot create /srv/host/kmsg: Operation not permitted",
+            "null: ok",
+            "written: ok",
+            "4",
+            "tun: ok",
+            "mknod null: ok",
+        ],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One program, on the scope, out of the machine's reach.
+    let scope = std::fs::File::open(scope_of("t-devices")).unwrap();
+    assert_eq!(
+        berth::sys::bpf_prog_count(std::os::fd::AsFd::as_fd(&scope), berth::sys::BPF_CGROUP_DEVICE).unwrap(),
+        1
+    );
+    drop(scope);
+    m.stop_ok();
+    assert!(!scope_of("t-devices").exists());
+}
+
 #[test]
 fn one_tree_one_writer_and_many_readers() {
     let tree = tree();
