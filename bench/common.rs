@@ -1,6 +1,11 @@
 //! What every benchmark of berth against its comparison needs.
 #![allow(dead_code)]
 
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
 /// Print why the benchmark cannot go on, and exit 1.
 pub fn fail(msg: &str) -> ! {
     eprintln!("bench: {msg}");
@@ -15,4 +20,42 @@ pub fn is_root() -> bool {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// Start, wait for READY=1, return (time to ready, the child); the caller
+/// waits for the child.
+#[allow(clippy::zombie_processes)]
+pub fn start(mut c: Command, sock_dir: &Path) -> (f64, Child) {
+    let path = sock_dir.join("notify");
+    let _ = std::fs::remove_file(&path);
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    c.env("NOTIFY_SOCKET", &path);
+    let t0 = Instant::now();
+    let mut child = c.spawn().unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+            let _ = child.kill();
+            fail(&format!("no READY=1 within 60 s: {e}"))
+        });
+        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+            return (t0.elapsed().as_secs_f64() * 1000.0, child);
+        }
+    }
+}
+
+pub fn stop(mut child: Child) -> f64 {
+    let t0 = Instant::now();
+    signal(child.id() as i32, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    if !status.success() {
+        fail(&format!("supervisor exited with {status} after SIGTERM"));
+    }
+    ms
+}
+
+pub fn signal(pid: i32, sig: i32) {
+    berth::sys::send_signal(pid, sig).unwrap();
 }

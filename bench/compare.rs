@@ -8,11 +8,10 @@
 
 #[path = "common.rs"]
 mod common;
-use common::{fail, is_root, median};
-use std::os::unix::net::UnixDatagram;
+use common::{fail, is_root, median, start, stop};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Tool {
@@ -109,44 +108,6 @@ fn command(tool: Tool, berth: &Path, tree: &Path, boot: bool) -> Command {
     }
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     c
-}
-
-/// Start, wait for READY=1, return (time to ready, the child); the caller
-/// waits for the child.
-#[allow(clippy::zombie_processes)]
-fn start(mut c: Command, sock_dir: &Path) -> (f64, Child) {
-    let path = sock_dir.join("notify");
-    let _ = std::fs::remove_file(&path);
-    let sock = UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    c.env("NOTIFY_SOCKET", &path);
-    let t0 = Instant::now();
-    let mut child = c.spawn().unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = sock.recv(&mut buf).unwrap_or_else(|e| {
-            let _ = child.kill();
-            fail(&format!("no READY=1 within 60 s: {e}"))
-        });
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
-            return (t0.elapsed().as_secs_f64() * 1000.0, child);
-        }
-    }
-}
-
-fn stop(mut child: Child) -> f64 {
-    let t0 = Instant::now();
-    signal(child.id() as i32, libc::SIGTERM);
-    let status = child.wait().unwrap();
-    let ms = t0.elapsed().as_secs_f64() * 1000.0;
-    if !status.success() {
-        fail(&format!("supervisor exited with {status} after SIGTERM"));
-    }
-    ms
-}
-
-fn signal(pid: i32, sig: i32) {
-    berth::sys::send_signal(pid, sig).unwrap();
 }
 
 fn rss_kib(pid: u32) -> f64 {
