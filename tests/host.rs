@@ -932,7 +932,7 @@ fn system_call_filter_in_a_booted_machine() {
     // does not get unless SystemCallFilter= names it.
     let script = format!(
         "sub show {{ my ($n, $r) = @_; print $r >= 0 ? \"$n ok\\n\" : \"$n $!\\n\" }} \
-         show(\"add_key\", syscall({}, \"user\", \"k\", \"v\", 1, -3)); \
+         my ($u, $k, $v) = (\"user\", \"k\", \"v\"); show(\"add_key\", syscall({}, $u, $k, $v, 1, -3)); \
          show(\"1000\", syscall(1000)); \
          my $t = \"\\0\" x 208; show(\"adjtimex\", syscall({}, $t));",
         libc::SYS_add_key,
