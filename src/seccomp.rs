@@ -260,7 +260,7 @@ enum Answer {
     Allow,
     /// Known, not allowed.
     Perm,
-    /// Not known; also clone3 where its flags must be checked (below).
+    /// Not known; also clone3 wherever it is not plainly allowed (below).
     NoSys,
     /// ioctl: refused for SIOCGSKNS, allowed otherwise.
     Ioctl,
