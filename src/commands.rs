@@ -179,7 +179,10 @@ fn plan_child(
             if spec.network.private { " too (the veth pair's peer namespace is the host's)" } else { "" }
         );
     }
-    let (seccomp_allow, seccomp_deny) = crate::seccomp::adjustments(&exec.system_call_filter);
+    // No user namespace yet (PrivateUsers= comes with its issue).
+    // Without a user namespace, mount namespaces only inside a new one.
+    let confine_mounts = exec.private_users == PrivateUsers::No;
+    let seccomp = crate::seccomp::Policy::new(&kept_caps, &exec.system_call_filter, confine_mounts);
     let child = ChildSpec {
         tree: tree.dir(),
         hostname: exec.hostname.clone().unwrap_or_else(|| tree.name.to_string()),
@@ -191,13 +194,12 @@ fn plan_child(
         working_directory: exec.working_directory.clone(),
         resolv_conf: exec.resolv_conf,
         files: spec.files.clone(),
-        seccomp_allow,
-        seccomp_deny,
+        seccomp,
         user,
         link_journal: exec.link_journal,
         timezone: exec.timezone,
         network: spec.network.clone(),
-        confine_mounts: exec.private_users == PrivateUsers::No,
+        confine_mounts,
         // Claimed at start (`start`), held while the machine runs.
         users: None,
     };

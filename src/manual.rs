@@ -293,7 +293,7 @@ pub fn kind_in_words(kind: Kind) -> String {
         Kind::Hostname => "hostname (letters, digits, - and .)".into(),
         Kind::Signal => "signal name like SIGTERM or SIGRTMIN+3, or number".into(),
         Kind::Capabilities => "capability names separated by spaces (CAP_ optional, like NET_ADMIN), or all".into(),
-        Kind::SystemCalls => "system call names separated by spaces, each possibly after ~".into(),
+        Kind::SystemCalls => "system call names or @groups separated by spaces, each possibly after ~".into(),
         Kind::Choice(choices) => format!("one of {}", choices.join(", ")),
         Kind::UserName => "user name or numeric uid".into(),
         Kind::BindMount => "SOURCE[:DESTINATION[:OPTIONS]], absolute paths, ':' in a path written '\\:'".into(),

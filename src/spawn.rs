@@ -49,9 +49,9 @@ pub struct ChildSpec {
     pub resolv_conf: ResolvConf,
     /// [Files] settings.
     pub files: Files,
-    /// SystemCallFilter=: calls allowed again, calls denied in addition.
-    pub seccomp_allow: Vec<i64>,
-    pub seccomp_deny: Vec<i64>,
+    /// What the machine may call: nspawn's list for `kept_caps`, with
+    /// SystemCallFilter='s additions and removals.
+    pub seccomp: seccomp::Policy,
     /// User= (Boot=no): who runs the command.
     pub user: Option<Credentials>,
     pub link_journal: LinkJournal,
@@ -449,7 +449,7 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
     io_step(
         "installing the seccomp filter in",
         here,
-        seccomp::install(&spec.seccomp_allow, &spec.seccomp_deny, spec.confine_mounts),
+        seccomp::install(&spec.seccomp),
     )?;
 
     match &spec.payload {

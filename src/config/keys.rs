@@ -108,7 +108,7 @@ pub static KEYS: &[KeyDef] = &[
         .describe("Capabilities taken from the machine's bounding set, by name, or all"),
     key("Exec", "SystemCallFilter", SystemCalls)
         .privileged()
-        .describe("System calls allowed despite the default seccomp filter, by name; a name after ~ is refused instead"),
+        .describe("System calls allowed beyond the default seccomp allow list, by name or systemd's @group name (@clock, @raw-io, ...); a name or group after ~ is refused instead"),
     key("Exec", "ResolvConf", Choice(&["auto", "off", "bind-host", "copy-host"]))
         .default("auto")
         .describe("The host's /etc/resolv.conf in the machine: read-only over a plain file of the tree (auto), always (bind-host), copied into the tree (copy-host) or not at all (off)"),

@@ -408,6 +408,20 @@ mod tests {
     }
 
     #[test]
+    fn system_call_groups_are_known_or_an_error_with_file_and_line() {
+        let f = "/etc/berth/machines.d/web.ini";
+        let (_, errors) = load_str("[Exec]\nSystemCallFilter=@clock ~@mount keyctl\n", true);
+        assert!(errors.is_empty(), "{errors:?}");
+        for (word, why) in [
+            ("~@nonsense", "\"@nonsense\" is not a group of system calls berth knows"),
+            ("@clock fly", "\"fly\" is not a system call berth can filter"),
+        ] {
+            let (_, errors) = load_str(&format!("[Exec]\nBoot=yes\nSystemCallFilter={word}\n"), true);
+            assert_eq!(errors, [format!("{f}:3: [Exec] SystemCallFilter={word}: {why}")]);
+        }
+    }
+
+    #[test]
     fn lists_repeat_and_empty_clears_last_wins_for_flags() {
         let (s, errors) = load_str(
             "[Exec]\nEnvironment=A=1\nEnvironment=B=2\n[Files]\nBind=/tmp\nBind=\nBind=/usr:/opt/usr:ro\n",

@@ -379,14 +379,14 @@ fn system_calls(text: &str) -> Result<Vec<String>, String> {
     let words: Vec<String> = text.split_whitespace().map(String::from).collect();
     for w in &words {
         let name = w.strip_prefix('~').unwrap_or(w);
-        if name.starts_with('@') {
-            return Err(format!(
-                "\"{w}\": groups of system calls are not supported; name the calls"
-            ));
+        if crate::seccomp::is_known(name) {
+            continue;
         }
-        if crate::seccomp::number_of(name).is_none() {
-            return Err(format!("\"{name}\" is not a system call berth can filter"));
-        }
+        return Err(if name.starts_with('@') {
+            format!("\"{name}\" is not a group of system calls berth knows")
+        } else {
+            format!("\"{name}\" is not a system call berth can filter")
+        });
     }
     if words.is_empty() {
         return Err("expected system call names".into());
