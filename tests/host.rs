@@ -574,7 +574,7 @@ fn files_settings_bind_tmpfs_inaccessible_read_only() {
         t.path(),
         "t-files",
         &format!(
-            "[Exec]\nBoot=no\nParameters=sh -c \"{script}\"\nWorkingDirectory=/srv\n\n[Files]\nReadOnly=yes\nBind={}:/srv/rw:noexec\nBindReadOnly={}:/srv/ro\nTemporaryFileSystem=/mnt/scratch:size=1M\nInaccessible=/etc/issue\n",
+            "[Exec]\nBoot=no\nParameters=sh -c \"{script}\"\nWorkingDirectory=/srv\n\n[Files]\nReadOnly=yes\nBind={}:/srv/rw:noexec,idmap\nBindReadOnly={}:/srv/ro\nTemporaryFileSystem=/mnt/scratch:size=1M\nInaccessible=/etc/issue\n",
             rw.display(),
             ro.display()
         ),
