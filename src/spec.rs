@@ -487,12 +487,18 @@ impl MachineSpec {
         } else {
             crate::caps::KEPT.to_vec()
         };
-        // Not CAP_NET_ADMIN, even with a network of its own (nspawn keeps
-        // it): without a user namespace of its own, the machine's root
-        // would hold it over the host's network namespace too, which the
-        // veth pair makes reachable by netlink (IFLA_TARGET_NETNSID). berth
-        // configures host0 itself; Capability=CAP_NET_ADMIN is the admin's
-        // explicit choice (berth warns).
+        // CAP_NET_ADMIN with a network of its own, as nspawn, but only in a
+        // user namespace of its own: there it is held over the machine's
+        // network namespace alone. Without one, the machine's root would
+        // hold it over the host's network namespace too, which the veth
+        // pair makes reachable by netlink (IFLA_TARGET_NETNSID); then it is
+        // Capability=CAP_NET_ADMIN, the admin's explicit choice (berth warns).
+        if self.network.private
+            && self.exec.private_users != PrivateUsers::No
+            && !kept.contains(&caps::Capability::CAP_NET_ADMIN)
+        {
+            kept.push(caps::Capability::CAP_NET_ADMIN);
+        }
         for c in &self.exec.capability.caps {
             if !kept.contains(c) {
                 kept.push(*c);

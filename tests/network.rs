@@ -535,8 +535,15 @@ fn root_inside_cannot_reach_the_hosts_network_namespace() {
     let ns = NetNs::new("escape");
     let dir = tempfile::tempdir().unwrap();
     let ini = dir.path().join("net-escape.ini");
-    std::fs::write(&ini, "[Files]\nReadOnly=yes\n[Network]\nVirtualEthernet=yes\n").unwrap();
-    let run = |command: &str, stdout: std::process::Stdio| {
+    let pick = dir.path().join("net-escape-pick.ini");
+    // The hardest case first: no user namespace, root inside is the host's.
+    std::fs::write(
+        &ini,
+        "[Exec]\nPrivateUsers=no\n[Files]\nReadOnly=yes\n[Network]\nVirtualEthernet=yes\n",
+    )
+    .unwrap();
+    std::fs::write(&pick, "[Files]\nReadOnly=yes\n[Network]\nVirtualEthernet=yes\n").unwrap();
+    let run_with = |ini: &std::path::Path, command: &str, stdout: std::process::Stdio| {
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", ns.name))
             .arg("--")
@@ -556,6 +563,7 @@ fn root_inside_cannot_reach_the_hosts_network_namespace() {
             .output()
             .unwrap()
     };
+    let run = |command: &str, stdout: std::process::Stdio| run_with(&ini, command, stdout);
     // No CAP_NET_ADMIN: with it, the veth pair's peer (the host's
     // namespace, netnsid 0 inside) would be the machine's to change.
     let out = run(
@@ -588,6 +596,39 @@ fn root_inside_cannot_reach_the_hosts_network_namespace() {
         String::from_utf8_lossy(&out.stderr).trim(),
         "refused: Operation not permitted"
     );
+
+    // PrivateUsers=pick: CAP_NET_ADMIN is kept, as nspawn keeps it, and
+    // holds over the machine's own network alone; the host's links (the
+    // peer namespace is netnsid 0 inside) stay out of its reach.
+    let before = ns.links();
+    let out = run_with(
+        &pick,
+        "grep CapBnd /proc/self/status; ip link add x type veth peer name y && echo own-link-made; \
+         ip link set host0 down && echo own-link-down; \
+         ip link add z0 link-netnsid 0 type veth peer name z1 2>&1 | head -n1; \
+         ip link show 2>&1 | grep -c ': ve-'",
+        std::process::Stdio::piped(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bnd = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+    assert_ne!(bnd & (1 << 12), 0, "CAP_NET_ADMIN is not kept with a user namespace");
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(
+        lines,
+        [
+            "own-link-made",
+            "own-link-down",
+            "RTNETLINK answers: Operation not permitted",
+            "0"
+        ],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ns.links(), before, "the host's links changed");
 }
 
 #[test]
