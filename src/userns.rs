@@ -180,8 +180,14 @@ pub fn preferred_base(name: &str) -> u32 {
 }
 
 /// Whether NSS (LDAP, sssd...) knows a user or group at either end of the
-/// range, beyond the files read above.
+/// range, beyond the files read above. Asked only when nsswitch.conf names
+/// such a source: loading NSS costs a start milliseconds, and the two
+/// usual sources are covered already (`files` read directly; `systemd`'s
+/// container users are the ID maps of running machines, scanned).
 fn known_to_nss(range: IdRange) -> bool {
+    if !nss_beyond_files(&std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default()) {
+        return false;
+    }
     let last = range.base + (range.size - 1);
     [range.base, last].iter().any(|id| {
         matches!(
@@ -192,6 +198,17 @@ fn known_to_nss(range: IdRange) -> bool {
             Ok(Some(_))
         )
     })
+}
+
+/// Whether the passwd or group line of nsswitch.conf names a source other
+/// than files and systemd (no file at all: glibc's default, files).
+fn nss_beyond_files(conf: &str) -> bool {
+    conf.lines()
+        .filter_map(|l| l.split('#').next())
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(db, _)| matches!(db.trim(), "passwd" | "group"))
+        .flat_map(|(_, sources)| sources.split_whitespace())
+        .any(|s| !s.starts_with('[') && !matches!(s, "files" | "systemd" | "compat"))
 }
 
 fn try_lock(dir: &Path, range: IdRange) -> Result<Option<Flock<File>>, ClaimError> {
@@ -481,6 +498,19 @@ impl crate::setup::ParentStep for UserNamespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nss_is_asked_only_for_sources_beyond_files() {
+        assert!(!nss_beyond_files(
+            "passwd:         files systemd\ngroup: files systemd\nhosts: files dns\n"
+        ));
+        assert!(!nss_beyond_files(
+            "passwd: compat [SUCCESS=merge] files\n# group: ldap\n"
+        ));
+        assert!(nss_beyond_files("passwd: files sss\ngroup: files\n"));
+        assert!(nss_beyond_files("group: files ldap\n"));
+        assert!(!nss_beyond_files(""));
+    }
 
     #[test]
     fn preferred_bases_are_aligned_in_range_and_stable() {
