@@ -656,11 +656,15 @@ const MAX_EXTENSION: u64 = 16 << 20;
 /// and all global (g) headers together.
 const MAX_EXTENSIONS_PER_ENTRY: u64 = 16 << 20;
 const MAX_GLOBAL: u64 = 1 << 20;
+/// The most regions a sparse file's map may list (16 bytes each in
+/// memory): GNU tar writes one per run of data, and a file needing more is
+/// better imported whole.
+pub const MAX_SPARSE_REGIONS: usize = 1 << 20;
 /// The xz decoder's memory limit (xz -9 needs 65 MiB).
 const XZ_MEMLIMIT: u64 = 256 << 20;
 
 /// One entry of the stream; its data (`size` bytes) is read next.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct TarEntry {
     pub path: Vec<u8>,
     pub link: Vec<u8>,
@@ -685,8 +689,9 @@ pub struct TarStream<R> {
     /// Data of the current entry not read yet, and its padding.
     left: u64,
     pad: u64,
-    /// PAX global records ('g'), under every later entry's own.
-    global: Vec<(String, Vec<u8>)>,
+    /// PAX global records ('g'), under every later entry's own; a later
+    /// global header's record replaces an earlier one of the same key.
+    global: std::collections::BTreeMap<String, Vec<u8>>,
     /// The bytes of all global headers read (bounded by MAX_GLOBAL).
     global_bytes: u64,
     /// Headers read, and bytes (for messages).
@@ -707,7 +712,7 @@ fn number(field: &[u8]) -> Result<u64, String> {
                 .and_then(|v| v.checked_add(u64::from(*b)))
                 .ok_or("a number too large")?;
         }
-        return Ok(v);
+        return below_i64(v);
     }
     let text = field
         .iter()
@@ -722,6 +727,15 @@ fn number(field: &[u8]) -> Result<u64, String> {
             .checked_mul(8)
             .and_then(|v| v.checked_add(u64::from(b - b'0')))
             .ok_or("a number too large")?;
+    }
+    below_i64(v)
+}
+
+/// Sizes, offsets and times are off_t and time_t: a number above i64::MAX
+/// would turn negative on the way to the kernel.
+fn below_i64(v: u64) -> Result<u64, String> {
+    if v > i64::MAX as u64 {
+        return Err("a number too large".into());
     }
     Ok(v)
 }
@@ -759,6 +773,7 @@ fn record_number(value: &[u8]) -> Result<u64, String> {
     std::str::from_utf8(value)
         .ok()
         .and_then(|s| s.trim().parse().ok())
+        .filter(|n| *n <= i64::MAX as u64)
         .ok_or_else(|| format!("a bad number {} in a PAX record", show(value)))
 }
 
@@ -768,7 +783,7 @@ impl<R: Read> TarStream<R> {
             r,
             left: 0,
             pad: 0,
-            global: Vec::new(),
+            global: Default::default(),
             global_bytes: 0,
             headers: 0,
             pos: 0,
@@ -819,7 +834,11 @@ impl<R: Read> TarStream<R> {
     /// The next entry, after the extension headers that describe it; None
     /// at the end-of-archive block.
     pub fn next_entry(&mut self) -> anyhow::Result<Option<TarEntry>> {
-        self.skip(self.left + self.pad).map_err(read_error)?;
+        let rest = self
+            .left
+            .checked_add(self.pad)
+            .ok_or_else(|| anyhow!("an entry's size is too large"))?;
+        self.skip(rest).map_err(read_error)?;
         self.left = 0;
         self.pad = 0;
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
@@ -862,8 +881,9 @@ impl<R: Read> TarStream<R> {
             match h[156] {
                 b'x' => pax.extend(parse_pax(&self.extension(size)?).map_err(|e| anyhow!(e))?),
                 b'g' => {
+                    // By key: a stream of global headers replaces in
+                    // O(log n) each, not a scan of all the earlier ones.
                     let records = parse_pax(&self.extension(size)?).map_err(|e| anyhow!(e))?;
-                    self.global.retain(|(k, _)| !records.iter().any(|(r, _)| r == k));
                     self.global.extend(records);
                 }
                 b'L' => long_name = Some(until_nul(&self.extension(size)?).to_vec()),
@@ -925,11 +945,20 @@ impl<R: Read> TarStream<R> {
             }
             e.sparse = Some((self.gnu_sparse_map(h)?, field("real size", 483..495)?));
         }
-        // PAX records: the global ones first, the entry's own over them.
-        let records: Vec<(String, Vec<u8>)> = self.global.iter().cloned().chain(local).collect();
+        // PAX records: the global ones first, the entry's own over them
+        // (borrowed: the global ones are not copied for every entry).
+        let global = self.global.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+        let records = global.chain(local.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
         let mut sparse = (None, None, None, Vec::new(), None::<Vec<u8>>);
+        let sparse_number = |value: &[u8], numbers: &Vec<u64>| -> anyhow::Result<u64> {
+            if numbers.len() >= 2 * MAX_SPARSE_REGIONS {
+                bail!("a PAX sparse map of more than {MAX_SPARSE_REGIONS} regions, more than berth reads");
+            }
+            record_number(value).map_err(|s| anyhow!(s))
+        };
         for (key, value) in records {
-            match key.as_str() {
+            let value = value.to_vec();
+            match key {
                 "path" => e.path = value,
                 "linkpath" => e.link = value,
                 "size" => e.size = record_number(&value).map_err(|s| anyhow!(s))?,
@@ -946,11 +975,13 @@ impl<R: Read> TarStream<R> {
                     sparse.2 = Some(record_number(&value).map_err(|s| anyhow!(s))?)
                 }
                 "GNU.sparse.offset" | "GNU.sparse.numbytes" => {
-                    sparse.3.push(record_number(&value).map_err(|s| anyhow!(s))?)
+                    let n = sparse_number(&value, &sparse.3)?;
+                    sparse.3.push(n)
                 }
                 "GNU.sparse.map" => {
-                    for n in lossy(&value).split(',') {
-                        sparse.3.push(record_number(n.as_bytes()).map_err(|s| anyhow!(s))?);
+                    for n in value.split(|b| *b == b',') {
+                        let n = sparse_number(n, &sparse.3)?;
+                        sparse.3.push(n);
                     }
                 }
                 "GNU.sparse.name" => sparse.4 = Some(value),
@@ -979,14 +1010,17 @@ impl<R: Read> TarStream<R> {
                 }
                 (major, minor) => bail!(
                     "a PAX sparse format {}.{} berth does not read",
-                    major.unwrap_or("?"),
-                    minor.unwrap_or("?")
+                    show(major.unwrap_or("?").as_bytes()),
+                    show(minor.unwrap_or("?").as_bytes())
                 ),
             };
             if map.is_empty() && sparse.0.is_none() {
                 bail!("a PAX sparse entry without a map");
             }
             e.sparse = Some((map, real));
+        }
+        if let Some((map, real)) = &e.sparse {
+            check_sparse_map(map, *real).map_err(|why| anyhow!("entry {}: {why}", show(&e.path)))?;
         }
         Ok(e)
     }
@@ -1006,7 +1040,13 @@ impl<R: Read> TarStream<R> {
         };
         push(&h[386..482], 4)?;
         let mut extended = h[482] != 0;
+        let mut blocks = 0;
         while extended {
+            // 21 regions a block: as many blocks as MAX_SPARSE_REGIONS needs.
+            blocks += 1;
+            if blocks > MAX_SPARSE_REGIONS / 21 + 1 {
+                bail!("a GNU sparse map of more than {MAX_SPARSE_REGIONS} regions, more than berth reads");
+            }
             let mut b = [0u8; BLOCK];
             if !self.fill(&mut b).map_err(read_error)? {
                 bail!("it is cut short: a truncated tarball?");
@@ -1023,7 +1063,8 @@ impl<R: Read> TarStream<R> {
         let mut text = Vec::new();
         let mut numbers = Vec::new();
         let mut want = None;
-        while want.is_none_or(|w| numbers.len() < 1 + 2 * w) {
+        // 1 + 2 * COUNT numbers: COUNT is checked before it is used.
+        while want.is_none_or(|w: usize| numbers.len() < 1 + 2 * w) {
             let mut b = [0u8; BLOCK];
             if self.left < BLOCK as u64 || !self.fill(&mut b).map_err(read_error)? {
                 bail!("entry {}: a sparse map longer than its data", show(&e.path));
@@ -1035,7 +1076,23 @@ impl<R: Read> TarStream<R> {
                 text.drain(..=nl);
                 numbers.push(n);
                 if want.is_none() {
+                    // Each region takes at least 4 bytes of the data
+                    // ("0\n0\n"): a count the data cannot hold is a lie,
+                    // and reserving for it would be the tarball's choice.
+                    let fits = (self.left + text.len() as u64) / 4;
+                    if n > fits || n > MAX_SPARSE_REGIONS as u64 {
+                        bail!(
+                            "entry {}: a sparse map of {n} regions, more than {}",
+                            show(&e.path),
+                            if n > fits {
+                                "its data can hold".to_string()
+                            } else {
+                                format!("berth reads ({MAX_SPARSE_REGIONS})")
+                            }
+                        );
+                    }
                     want = Some(n as usize);
+                    numbers.reserve(2 * n as usize);
                 }
                 if want.is_some_and(|w| numbers.len() == 1 + 2 * w) {
                     break;
@@ -1046,7 +1103,10 @@ impl<R: Read> TarStream<R> {
             }
         }
         self.pad = padding(self.left);
-        Ok(numbers[1..].chunks(2).map(|c| (c[0], c[1])).collect())
+        let map: Vec<(u64, u64)> = numbers[1..].chunks(2).map(|c| (c[0], c[1])).collect();
+        let real = e.sparse.as_ref().map_or(0, |s| s.1);
+        check_sparse_map(&map, real).map_err(|why| anyhow!("entry {}: {why}", show(&e.path)))?;
+        Ok(map)
     }
 
     /// Read data of the current entry.
@@ -1068,6 +1128,19 @@ impl<R: Read> TarStream<R> {
     pub fn into_inner(self) -> R {
         self.r
     }
+}
+
+/// A sparse map's regions lie within the file's real size (which is no
+/// more than i64::MAX, as every number read is).
+fn check_sparse_map(map: &[(u64, u64)], real: u64) -> Result<(), String> {
+    for (offset, len) in map {
+        if offset.checked_add(*len).is_none_or(|end| end > real) {
+            return Err(format!(
+                "a sparse map region of {len} bytes at {offset}, beyond its size {real}: refused"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn padding(size: u64) -> u64 {
@@ -1757,7 +1830,7 @@ pub fn parse_pax_time(value: &[u8]) -> Option<(i64, i64)> {
     }
     let nanos: i64 = digits.parse().ok()?;
     Some(if negative && nanos > 0 {
-        (secs - 1, 1_000_000_000 - nanos)
+        (secs.checked_sub(1)?, 1_000_000_000 - nanos)
     } else {
         (secs, nanos)
     })
@@ -2618,6 +2691,203 @@ mod tests {
             e.to_string(),
             "it ends without its end-of-archive block: a truncated tarball?"
         );
+    }
+
+    /// A PAX header of these records, then a ustar entry with `data`.
+    fn pax_entry(out: &mut Vec<u8>, kind: tar::EntryType, records: &[(&str, &str)], path: &str, data: &[u8]) {
+        let mut text = Vec::new();
+        for (k, v) in records {
+            let body = format!(" {k}={v}\n");
+            let mut len = body.len() + 1;
+            while (len.to_string().len() + body.len()) != len {
+                len = len.to_string().len() + body.len();
+            }
+            text.extend_from_slice(format!("{len}{body}").as_bytes());
+        }
+        let mut append = |h: &mut tar::Header, data: &[u8]| {
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        };
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        append(&mut h, &text);
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_path(path).unwrap();
+        append(&mut h, data);
+    }
+
+    fn sparse_1_0(map_text: &[u8], real: &str) -> Vec<u8> {
+        let mut data = map_text.to_vec();
+        data.resize(data.len().div_ceil(512) * 512, 0);
+        data.extend_from_slice(b"abcxyz");
+        let mut out = Vec::new();
+        pax_entry(
+            &mut out,
+            tar::EntryType::XHeader,
+            &[
+                ("GNU.sparse.major", "1"),
+                ("GNU.sparse.minor", "0"),
+                ("GNU.sparse.name", "./srv/sparse"),
+                ("GNU.sparse.realsize", real),
+            ],
+            "./GNUSparseFile.1/sparse",
+            &data,
+        );
+        out.extend_from_slice(&[0; 1024]);
+        out
+    }
+
+    fn first_error(data: &[u8]) -> String {
+        let mut s = TarStream::new(data);
+        loop {
+            match s.next_entry() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("no error"),
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_maps_may_not_claim_more_than_their_data_holds() {
+        // 1.0: a count the map's data cannot hold, however large.
+        for count in ["1000", "4611686018427387904", "9223372036854775807"] {
+            let data = sparse_1_0(format!("{count}\n0\n3\n").as_bytes(), "10000");
+            assert_eq!(
+                first_error(&data),
+                format!("entry \"./srv/sparse\": a sparse map of {count} regions, more than its data can hold")
+            );
+        }
+        // A count above what fits in a u64 or i64 is a bad number.
+        let data = sparse_1_0(b"18446744073709551616\n", "10000");
+        assert_eq!(
+            first_error(&data),
+            "entry \"./srv/sparse\": a bad number \"18446744073709551616\" in a PAX record"
+        );
+        // A region past the real size.
+        let data = sparse_1_0(b"2\n0\n3\n9998\n3\n", "10000");
+        assert_eq!(
+            first_error(&data),
+            "entry \"./srv/sparse\": a sparse map region of 3 bytes at 9998, beyond its size 10000: refused"
+        );
+        let data = sparse_1_0(b"1\n9223372036854775807\n3\n", "9223372036854775807");
+        assert_eq!(
+            first_error(&data),
+            "entry \"./srv/sparse\": a sparse map region of 3 bytes at 9223372036854775807, beyond its size 9223372036854775807: refused"
+        );
+        // 0.1: GNU.sparse.map in the PAX header, capped.
+        let mut map = "0,1,".repeat(MAX_SPARSE_REGIONS);
+        map.push_str("0,1");
+        let mut data = Vec::new();
+        pax_entry(
+            &mut data,
+            tar::EntryType::XHeader,
+            &[("GNU.sparse.size", "10"), ("GNU.sparse.map", &map)],
+            "./srv/sparse",
+            b"x",
+        );
+        assert_eq!(
+            first_error(&data),
+            format!("a PAX sparse map of more than {MAX_SPARSE_REGIONS} regions, more than berth reads")
+        );
+    }
+
+    /// An old GNU sparse header whose extension blocks never end.
+    struct EndlessSparse {
+        sent: u64,
+        header: [u8; 512],
+    }
+
+    impl Read for EndlessSparse {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(512);
+            let at = (self.sent % 512) as usize;
+            let n = n.min(512 - at);
+            if self.sent < 512 {
+                buf[..n].copy_from_slice(&self.header[at..at + n]);
+            } else {
+                let mut b = [0u8; 512];
+                b[504] = 1;
+                buf[..n].copy_from_slice(&b[at..at + n]);
+            }
+            self.sent += n as u64;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn old_gnu_sparse_extension_blocks_are_bounded() {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("sparse").unwrap();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_size(0);
+        h.as_gnu_mut().unwrap().isextended[0] = 1;
+        h.set_cksum();
+        let mut r = EndlessSparse {
+            sent: 0,
+            header: [0; 512],
+        };
+        r.header.copy_from_slice(h.as_bytes());
+        let mut s = TarStream::new(&mut r);
+        assert_eq!(
+            s.next_entry().unwrap_err().to_string(),
+            format!("a GNU sparse map of more than {MAX_SPARSE_REGIONS} regions, more than berth reads")
+        );
+        assert!(r.sent < (MAX_SPARSE_REGIONS as u64 / 21 + 3) * 512);
+    }
+
+    #[test]
+    fn global_records_replace_by_key_and_numbers_stay_below_i64_max() {
+        let mut data = Vec::new();
+        for i in 0..100 {
+            pax_entry(
+                &mut data,
+                tar::EntryType::XGlobalHeader,
+                &[("SCHILY.xattr.user.g", &i.to_string()), ("uid", "7")],
+                &format!("f{i}"),
+                b"",
+            );
+        }
+        data.extend_from_slice(&[0; 1024]);
+        let mut s = TarStream::new(&data[..]);
+        let mut n = 0;
+        while let Some(e) = s.next_entry().unwrap() {
+            assert_eq!(e.xattrs, vec![("user.g".to_string(), n.to_string().into_bytes())]);
+            assert_eq!(e.uid, 7);
+            n += 1;
+        }
+        assert_eq!((n, s.global.len()), (100, 2));
+
+        // base-256 and octal above i64::MAX, a PAX size and mtime at the edge.
+        assert!(number(&[0x80, 0, 0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert_eq!(
+            number(&[0x80, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            Ok(i64::MAX as u64)
+        );
+        assert_eq!(
+            number(b"1000000000000000000000\0"),
+            Err("a number too large".to_string())
+        );
+        assert!(record_number(b"9223372036854775808").is_err());
+        assert_eq!(parse_pax_time(b"-9223372036854775808.5"), None);
+        assert_eq!(parse_pax_time(b"-9223372036854775807.5"), Some((i64::MIN, 500_000_000)));
+        let mut data = Vec::new();
+        pax_entry(
+            &mut data,
+            tar::EntryType::XHeader,
+            &[("size", "9223372036854775807")],
+            "big",
+            b"",
+        );
+        let mut s = TarStream::new(&data[..]);
+        assert_eq!(s.next_entry().unwrap().unwrap().size, i64::MAX as u64);
+        // Its padding on top of its size does not overflow: the stream ends.
+        s.left = u64::MAX;
+        assert_eq!(s.next_entry().unwrap_err().to_string(), "an entry's size is too large");
     }
 
     #[test]
