@@ -26,7 +26,7 @@
 //!   `..` and not absolute; a hard link to a symlink is checked as a symlink
 //!   at its new place;
 //! - device nodes: only the harmless character devices a container's /dev
-//!   has (null, zero, full, random, urandom, tty, console, ptmx, net/tun);
+//!   has (null, zero, full, random, urandom, tty);
 //!   every block device and any other character device is refused.
 //!
 //! Everything goes into a hidden directory next to the trees,
@@ -94,8 +94,11 @@ const TEMP_PREFIX: &str = ".import-";
 
 const OS_RELEASE: &[&str] = &["/etc/os-release", "/usr/lib/os-release"];
 
-/// Character devices an imported tree may hold: those of a container's
-/// /dev (the nodes berth itself gives machines, and console and ptmx).
+/// Character devices an imported tree may hold: the harmless ones of a
+/// container's /dev. Not console (5:1: the host's console), ptmx (5:2: a
+/// pty of the host's initial devpts instance) nor net/tun (10:200: a way
+/// to the network stack): berth gives a machine its own /dev with what it
+/// needs of those, at boot, and a tree's own nodes would work outside it.
 const ALLOWED_CHAR_DEVICES: &[(u64, u64, &str)] = &[
     (1, 3, "null"),
     (1, 5, "zero"),
@@ -103,9 +106,6 @@ const ALLOWED_CHAR_DEVICES: &[(u64, u64, &str)] = &[
     (1, 8, "random"),
     (1, 9, "urandom"),
     (5, 0, "tty"),
-    (5, 1, "console"),
-    (5, 2, "ptmx"),
-    (10, 200, "net/tun"),
 ];
 
 /// The extended attributes import-tar sets: user.*, the POSIX ACLs and
@@ -1192,6 +1192,7 @@ pub fn sniff(head: &[u8]) -> anyhow::Result<Compression> {
 /// Extract the stream into the directory `root_fd` (shown as `shown`);
 /// returns the number of entries.
 fn extract(input: &mut Input<'_>, root_fd: &OwnedFd, shown: &Path, progress: &Progress) -> anyhow::Result<u64> {
+    let signals = input.signals;
     // The first bytes say the compression; they are read again after.
     let mut head = Vec::with_capacity(8);
     while head.len() < 6 {
@@ -1229,7 +1230,7 @@ fn extract(input: &mut Input<'_>, root_fd: &OwnedFd, shown: &Path, progress: &Pr
         )),
     };
     let mut stream = TarStream::new(decoded);
-    let mut x = Extractor::new(root_fd, shown);
+    let mut x = Extractor::new(root_fd, shown, signals);
     while let Some(entry) = stream.next_entry()? {
         x.entry(&entry, &mut stream)?;
         progress.entries(x.entries);
@@ -1325,10 +1326,76 @@ fn kind_of(st: &FileStat) -> SFlag {
 /// An ACL given as text with user or group names, resolved at the end
 /// through the tree's own /etc/passwd and /etc/group.
 struct PendingAcl {
-    path: Vec<u8>,
     shown: String,
-    xattr: &'static str,
     entries: Vec<AclEntry>,
+}
+
+/// The most the ACLs waiting for the tree's passwd and group may hold
+/// (GNU tar writes the xattr form as well, which needs no waiting: only a
+/// tarball of ACL text alone has any).
+pub const MAX_PENDING_ACLS: usize = 4 << 20;
+
+/// ACLs with names, by (path, xattr): the last entry of a path wins, and
+/// their memory is counted and capped.
+#[derive(Default)]
+pub struct PendingAcls {
+    acls: HashMap<(Vec<u8>, &'static str), PendingAcl>,
+    bytes: usize,
+}
+
+impl PendingAcls {
+    fn cost(path: &[u8], acl: &PendingAcl) -> usize {
+        let names: usize = acl
+            .entries
+            .iter()
+            .map(|e| match &e.qualifier {
+                Qualifier::Name(n) => n.len(),
+                _ => 0,
+            })
+            .sum();
+        path.len() + acl.shown.len() + names + acl.entries.len() * std::mem::size_of::<AclEntry>() + 64
+    }
+
+    /// Keep `entries` for `path`, in place of what it had; an error when
+    /// the total would pass MAX_PENDING_ACLS.
+    pub fn insert(
+        &mut self,
+        path: Vec<u8>,
+        shown: String,
+        xattr: &'static str,
+        entries: Vec<AclEntry>,
+    ) -> Result<(), String> {
+        self.remove(&path, xattr);
+        let acl = PendingAcl { shown, entries };
+        let cost = Self::cost(&path, &acl);
+        if self.bytes + cost > MAX_PENDING_ACLS {
+            return Err(format!(
+                "ACLs naming users or groups (resolved at the end, in the tree's /etc/passwd and /etc/group) add up to more than {MAX_PENDING_ACLS} bytes, more than berth keeps"
+            ));
+        }
+        self.bytes += cost;
+        self.acls.insert((path, xattr), acl);
+        Ok(())
+    }
+
+    /// Forget what `path` had (a later entry of that name replaced it).
+    pub fn remove(&mut self, path: &[u8], xattr: &'static str) {
+        if let Some(old) = self.acls.remove(&(path.to_vec(), xattr)) {
+            self.bytes -= Self::cost(path, &old);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.acls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.acls.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 struct Extractor<'a> {
@@ -1336,10 +1403,15 @@ struct Extractor<'a> {
     shown: &'a Path,
     /// The last parent directory used, by its normalized path.
     cache: Option<(Vec<u8>, OwnedFd)>,
-    /// Directories' mtimes, set at the end (creating entries changes them).
-    dir_times: Vec<(Vec<u8>, TimeSpec)>,
-    root_mtime: Option<TimeSpec>,
-    pending_acls: Vec<PendingAcl>,
+    signals: &'a Signals,
+    /// Directories' mtimes, set at the end (creating entries changes
+    /// them), by path: a directory named again keeps one, the last.
+    dir_times: HashMap<Vec<u8>, TimeSpec>,
+    /// The tree root's own entry ("./"), applied at the end: until then
+    /// the root stays root's and 0700, so that whatever mode or ACL the
+    /// tarball gives it, nobody else can reach the tree while it is made.
+    root_entry: Option<(TarEntry, Owner)>,
+    pending_acls: PendingAcls,
     /// Extended attributes not imported, each said once.
     skipped_xattrs: std::collections::HashSet<String>,
     buf: Vec<u8>,
@@ -1349,6 +1421,7 @@ struct Extractor<'a> {
 type Fail<'s> = dyn Fn(String) -> anyhow::Error + 's;
 
 /// What an entry's header says about its inode, checked.
+#[derive(Clone, Copy)]
 struct Owner {
     uid: Uid,
     gid: Gid,
@@ -1357,14 +1430,15 @@ struct Owner {
 }
 
 impl<'a> Extractor<'a> {
-    fn new(root: &'a OwnedFd, shown: &'a Path) -> Self {
+    fn new(root: &'a OwnedFd, shown: &'a Path, signals: &'a Signals) -> Self {
         Extractor {
             root,
             shown,
             cache: None,
-            dir_times: Vec::new(),
-            root_mtime: None,
-            pending_acls: Vec::new(),
+            signals,
+            dir_times: HashMap::new(),
+            root_entry: None,
+            pending_acls: PendingAcls::default(),
             skipped_xattrs: Default::default(),
             buf: vec![0; BUF_SIZE],
             entries: 0,
@@ -1372,6 +1446,9 @@ impl<'a> Extractor<'a> {
     }
 
     fn entry<R: Read>(&mut self, e: &TarEntry, stream: &mut TarStream<R>) -> anyhow::Result<()> {
+        // Decompressed data can come without a read of the input (where
+        // signals are checked otherwise): check them for every entry.
+        self.signals.check()?;
         self.entries += 1;
         let shown = show(&e.path);
         let fail = |why: String| anyhow!("entry {shown}: {why}");
@@ -1392,10 +1469,18 @@ impl<'a> Extractor<'a> {
             if !is_dir {
                 return Err(fail("it names the tree's root, but is not a directory".into()));
             }
-            let root = self.root.try_clone().context("duplicating a descriptor")?;
-            self.apply_fd(&root, e, &owner, &fail)?;
-            self.root_mtime = Some(owner.mtime);
+            // A later "./" replaces an earlier one, as for any entry.
+            let mut kept = e.clone();
+            kept.sparse = None;
+            self.root_entry = Some((kept, owner));
             return Ok(());
+        }
+        // What named ACLs an earlier entry of this name left are not this one's.
+        if !self.pending_acls.is_empty() {
+            let key = join(&parts);
+            for xattr in ["system.posix_acl_access", "system.posix_acl_default"] {
+                self.pending_acls.remove(&key, xattr);
+            }
         }
         let depth = parts.len() - 1;
         let name = parts[depth];
@@ -1556,7 +1641,7 @@ impl<'a> Extractor<'a> {
             let fd = beneath(parent.as_fd(), name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                 .map_err(|e| sys("opening it", e))?;
             self.apply_fd(&fd, e, owner, fail)?;
-            self.dir_times.push((join(parts), owner.mtime));
+            self.dir_times.insert(join(parts), owner.mtime);
             // Its entries likely come next.
             self.cache = Some((join(parts), fd));
             return Ok(());
@@ -1625,16 +1710,18 @@ impl<'a> Extractor<'a> {
         file: &mut File,
         fail: &Fail<'_>,
     ) -> anyhow::Result<()> {
-        let regions = match &e.sparse {
-            Some((map, _)) => map.clone(),
-            None => vec![(0, e.size)],
+        let whole = [(0, e.size)];
+        let regions: &[(u64, u64)] = match &e.sparse {
+            Some((map, _)) => map,
+            None => &whole,
         };
         let write_err = |err: io::Error| fail(format!("writing it: {}", os_error(&err)));
-        for (offset, mut len) in regions {
+        for &(offset, mut len) in regions {
             if e.sparse.is_some() {
                 file.seek(io::SeekFrom::Start(offset)).map_err(write_err)?;
             }
             while len > 0 {
+                self.signals.check()?;
                 let max = self.buf.len().min(len.min(usize::MAX as u64) as usize);
                 let n = stream.read_data(&mut self.buf[..max]).map_err(read_error)?;
                 if n == 0 {
@@ -1741,15 +1828,21 @@ impl<'a> Extractor<'a> {
             // layer, as Volatile=overlay makes the tree) and security.*
             // labels are the host's policy's: never set from a tarball.
             if !importable_xattr(name) {
-                if self.skipped_xattrs.insert(name.clone()) {
+                if self.skipped_xattrs.len() < 64 && self.skipped_xattrs.insert(name.clone()) {
                     tracing::info!(
-                        "not importing the extended attribute {name} (only user.*, ACLs and security.capability are)"
+                        "not importing the extended attribute {} (only user.*, ACLs and security.capability are)",
+                        show(name.as_bytes())
                     );
                 }
                 continue;
             }
-            crate::sys::set_xattr(&path, name, value)
-                .map_err(|err| fail(format!("setting its extended attribute {name}: {}", os_error(&err))))?;
+            crate::sys::set_xattr(&path, name, value).map_err(|err| {
+                fail(format!(
+                    "setting its extended attribute {}: {}",
+                    show(name.as_bytes()),
+                    os_error(&err)
+                ))
+            })?;
         }
         for (xattr, text) in &e.acl_text {
             if e.xattrs.iter().any(|(n, _)| n == xattr) {
@@ -1758,12 +1851,9 @@ impl<'a> Extractor<'a> {
             let entries = parse_acl_text(text).map_err(|why| fail(format!("its ACL {text:?}: {why}")))?;
             if entries.iter().any(|a| matches!(a.qualifier, Qualifier::Name(_))) {
                 let parts = normalize(&e.path).unwrap_or_default();
-                self.pending_acls.push(PendingAcl {
-                    path: join(&parts),
-                    shown: show(&e.path),
-                    xattr,
-                    entries,
-                });
+                self.pending_acls
+                    .insert(join(&parts), show(&e.path), xattr, entries)
+                    .map_err(fail)?;
                 continue;
             }
             let value = acl_to_xattr(&entries, |_, _| None).expect("no names");
@@ -1773,8 +1863,18 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    /// After the last entry: ACLs with names, then directory mtimes.
+    /// After the last entry: the root's own entry, ACLs with names, then
+    /// directory mtimes.
     fn finish(&mut self) -> anyhow::Result<()> {
+        let root_mtime = match self.root_entry.take() {
+            Some((e, owner)) => {
+                let fail = |why: String| anyhow!("entry {}: {why}", show(&e.path));
+                let root = self.root.try_clone().context("duplicating a descriptor")?;
+                self.apply_fd(&root, &e, &owner, &fail)?;
+                Some(owner.mtime)
+            }
+            None => None,
+        };
         if !self.pending_acls.is_empty() {
             let tree = InRoot::from_fd(
                 self.root.try_clone().context("duplicating a descriptor")?,
@@ -1782,7 +1882,8 @@ impl<'a> Extractor<'a> {
             );
             let users = id_map(&tree, "/etc/passwd");
             let groups = id_map(&tree, "/etc/group");
-            for acl in std::mem::take(&mut self.pending_acls) {
+            for ((path, xattr), acl) in std::mem::take(&mut self.pending_acls).acls {
+                self.signals.check()?;
                 let fail = |why: String| anyhow!("entry {}: {why}", acl.shown);
                 let value = acl_to_xattr(&acl.entries, |user, name| {
                     if user { users.get(name) } else { groups.get(name) }.copied()
@@ -1790,22 +1891,24 @@ impl<'a> Extractor<'a> {
                 .map_err(|(user, name)| {
                     let (what, file) = if user { ("user", "passwd") } else { ("group", "group") };
                     fail(format!(
-                        "its ACL names the {what} \"{name}\", which the tree's /etc/{file} does not list"
+                        "its ACL names the {what} {}, which the tree's /etc/{file} does not list",
+                        show(name.as_bytes())
                     ))
                 })?;
-                let fd = beneath(self.root.as_fd(), &acl.path, OFlag::O_PATH)
+                let fd = beneath(self.root.as_fd(), &path, OFlag::O_PATH)
                     .map_err(|e| fail(format!("opening it: {}", e.desc())))?;
-                crate::sys::set_xattr(&fd_path(fd.as_fd()), acl.xattr, &value)
-                    .map_err(|e| fail(format!("setting its ACL ({}): {}", acl.xattr, os_error(&e))))?;
+                crate::sys::set_xattr(&fd_path(fd.as_fd()), xattr, &value)
+                    .map_err(|e| fail(format!("setting its ACL ({xattr}): {}", os_error(&e))))?;
             }
         }
         for (path, mtime) in std::mem::take(&mut self.dir_times) {
+            self.signals.check()?;
             let fd = beneath(self.root.as_fd(), &path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                 .map_err(|e| anyhow!("entry {}: opening it: {}", show(&path), e.desc()))?;
             futimens(&fd, &TimeSpec::UTIME_OMIT, &mtime)
                 .map_err(|e| anyhow!("entry {}: setting its mtime: {}", show(&path), e.desc()))?;
         }
-        match self.root_mtime {
+        match root_mtime {
             Some(mtime) => futimens(self.root, &TimeSpec::UTIME_OMIT, &mtime),
             // No entry for the root: the usual mode of a tree's root.
             None => fchmod(self.root, Mode::from_bits_truncate(0o755)),
@@ -1901,7 +2004,7 @@ pub fn parse_acl_text(text: &str) -> Result<Vec<AclEntry>, String> {
         }
         let fields: Vec<&str> = item.split(':').map(str::trim).collect();
         if fields.len() < 3 || fields.len() > 4 {
-            return Err(format!("bad entry \"{item}\""));
+            return Err(format!("bad entry {item:?}"));
         }
         let named = !fields[1].is_empty();
         let tag = match (fields[0], named) {
@@ -1911,7 +2014,7 @@ pub fn parse_acl_text(text: &str) -> Result<Vec<AclEntry>, String> {
             ("group" | "g", true) => ACL_GROUP,
             ("mask" | "m", false) => ACL_MASK,
             ("other" | "o", false) => ACL_OTHER,
-            _ => return Err(format!("bad entry \"{item}\"")),
+            _ => return Err(format!("bad entry {item:?}")),
         };
         let mut perm = 0;
         for c in fields[2].chars() {
@@ -1920,7 +2023,7 @@ pub fn parse_acl_text(text: &str) -> Result<Vec<AclEntry>, String> {
                 'w' => 2,
                 'x' => 1,
                 '-' => 0,
-                _ => return Err(format!("bad permissions in \"{item}\"")),
+                _ => return Err(format!("bad permissions in {item:?}")),
             };
         }
         let qualifier = if !named {
@@ -2424,8 +2527,13 @@ impl Walker<'_> {
             let Ok(name) = String::from_utf8(n) else {
                 return Err(fail("an extended attribute's name is not UTF-8".into()));
             };
-            let Some(value) = crate::sys::get_xattr(&path, &name)
-                .map_err(|e| fail(format!("reading its extended attribute {name}: {}", os_error(&e))))?
+            let Some(value) = crate::sys::get_xattr(&path, &name).map_err(|e| {
+                fail(format!(
+                    "reading its extended attribute {}: {}",
+                    show(name.as_bytes()),
+                    os_error(&e)
+                ))
+            })?
             else {
                 continue;
             };
@@ -2521,9 +2629,62 @@ mod tests {
     #[test]
     fn devices() {
         assert!(allowed_char_device(1, 3));
-        assert!(allowed_char_device(10, 200));
+        assert!(!allowed_char_device(10, 200));
+        assert!(!allowed_char_device(5, 1));
+        assert!(!allowed_char_device(5, 2));
         assert!(!allowed_char_device(1, 1));
         assert!(!allowed_char_device(8, 0));
+    }
+
+    #[test]
+    fn pending_acls_are_kept_once_per_path_and_capped() {
+        let named = |n: usize| {
+            parse_acl_text(&format!(
+                "user::rw-,user:{}:r--,group::r--,mask::r--,other::---",
+                "u".repeat(n)
+            ))
+            .unwrap()
+        };
+        let mut p = PendingAcls::default();
+        // The same path again and again: one kept, the last.
+        for _ in 0..1000 {
+            p.insert(
+                b"srv/f".to_vec(),
+                "\"srv/f\"".into(),
+                "system.posix_acl_access",
+                named(1000),
+            )
+            .unwrap();
+        }
+        let one = p.bytes();
+        assert_eq!(p.len(), 1);
+        assert!(one > 1000 && one < 2000, "{one}");
+        p.insert(
+            b"srv/f".to_vec(),
+            "\"srv/f\"".into(),
+            "system.posix_acl_default",
+            named(1000),
+        )
+        .unwrap();
+        assert_eq!((p.len(), p.bytes()), (2, 2 * one));
+        p.remove(b"srv/f", "system.posix_acl_default");
+        assert_eq!((p.len(), p.bytes()), (1, one));
+        // Many paths: refused past the cap.
+        let mut i = 0;
+        let err = loop {
+            match p.insert(
+                format!("srv/{i}").into_bytes(),
+                String::new(),
+                "system.posix_acl_access",
+                named(100_000),
+            ) {
+                Ok(()) => i += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(i, MAX_PENDING_ACLS / 100_100);
+        assert!(p.bytes() <= MAX_PENDING_ACLS);
+        assert_eq!(err, format!("ACLs naming users or groups (resolved at the end, in the tree's /etc/passwd and /etc/group) add up to more than {MAX_PENDING_ACLS} bytes, more than berth keeps"));
     }
 
     #[test]
