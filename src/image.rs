@@ -32,7 +32,10 @@
 //! Everything goes into a hidden directory next to the trees,
 //! `.import-NAME-RANDOM`, which becomes NAME by one rename(2) only when the
 //! whole stream was read, its SHA-256 matched (--checksum: of the bytes as
-//! read, compressed), and the tree has an os-release. Any error, and
+//! read, compressed; a FILE is also hashed before anything is extracted),
+//! and the tree has an os-release. The tarball's own entry for the root
+//! ("./": mode, owner, ACLs) is applied last: until then the tree is 0700
+//! and root's. Any error, and
 //! SIGINT, SIGTERM or SIGHUP (blocked, and watched through a signalfd, also
 //! while waiting for input), removes it; one left by a SIGKILLed import is
 //! removed by the next import of that name (the name lock of NAME is held
@@ -54,9 +57,21 @@
 //! (ACLs also as GNU tar's SCHILY.acl text, with numeric ids), hard links as
 //! links, devices and FIFOs; sockets are skipped with a note.
 //!
-//! Trees live in /var/lib/machines (tree::MACHINES_DIR); BERTH_MACHINES_DIR
-//! overrides that for these two commands, for tests (tree.rs has no such
-//! setting; `berth boot -D` takes any directory).
+//! Trees live in /var/lib/machines (tree::MACHINES_DIR), which must be
+//! root's and not writable by group or others (refused otherwise, not
+//! fixed). The tests and the bench give another directory with the hidden
+//! `--machines-dir DIR` of these two commands: a flag, written on the
+//! command line, where an environment variable (the former
+//! BERTH_MACHINES_DIR) would be inherited unseen through sudo -E, a unit
+//! or a shell and redirect where root writes; the same binary (debug,
+//! release or the package's, as the VM tier runs them) serves the tests.
+//! tree.rs has no such setting; `berth boot -D` takes any directory.
+//!
+//! Trees are removed (--force, leftovers, failures) by a walk of our own:
+//! refused when /proc/self/mountinfo lists a mount at or below the tree,
+//! and the walk opens nothing across a mount (RESOLVE_NO_XDEV) or on
+//! another device; --force removes the old tree only while it is still
+//! the inode (device, inode) it checked.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -85,9 +100,6 @@ use crate::inroot::{fd_path, InRoot, MAX_READ};
 use crate::lock::{tree_lock_path, LOCK_DIR};
 use crate::name::MachineName;
 use crate::util::os_error;
-
-/// Overrides the machines directory of import-tar and export-tar (tests).
-pub const MACHINES_DIR_ENV: &str = "BERTH_MACHINES_DIR";
 
 /// Prefix of the hidden directory an import extracts into.
 const TEMP_PREFIX: &str = ".import-";
@@ -120,12 +132,285 @@ fn importable_xattr(name: &str) -> bool {
 /// Reads and writes of file data go through buffers of this size.
 const BUF_SIZE: usize = 256 * 1024;
 
-/// Where the trees are.
-pub fn machines_dir() -> PathBuf {
-    match std::env::var_os(MACHINES_DIR_ENV) {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
+/// Where the trees are: /var/lib/machines, or the hidden
+/// `--machines-dir` of the tests (see the module's documentation).
+pub fn machines_dir(given: Option<&Path>) -> PathBuf {
+    match given {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from(crate::tree::MACHINES_DIR),
     }
+}
+
+/// Open the machines directory, refused unless it is root's and nobody
+/// else may write it. Refused rather than fixed with fchmod: a directory
+/// that others could write may already hold what they put there (a
+/// symbolic link or a fake leftover named like a tree), and changing an
+/// administrator's permissions silently would hide that.
+fn open_machines_dir(dir: &Path) -> anyhow::Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| anyhow!("cannot open {}: {}", dir.display(), e.desc()))?;
+    let st = fstat(&fd).map_err(|e| anyhow!("cannot look at {}: {}", dir.display(), e.desc()))?;
+    if st.st_uid != 0 {
+        bail!(
+            "{} belongs to uid {}, not root: refusing to use it (its owner could change the trees in it)",
+            dir.display(),
+            st.st_uid
+        );
+    }
+    if st.st_mode & 0o022 != 0 {
+        bail!(
+            "{} may be written by its group or others (mode {:04o}): refusing to use it (chmod go-w it)",
+            dir.display(),
+            st.st_mode & 0o7777
+        );
+    }
+    Ok(fd)
+}
+
+// ---------------------------------------------------------------------------
+// Removing a tree (--force, leftovers, a failed import): never across a
+// mount. A tree can hold mounts (a machine's bind mount left behind, an
+// administrator's): std::fs::remove_dir_all would empty them.
+
+/// The first mount point /proc/self/mountinfo lists at `target` or below.
+fn mount_at_or_under(target: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let table =
+        std::fs::read("/proc/self/mountinfo").map_err(|e| anyhow!("reading /proc/self/mountinfo: {}", os_error(&e)))?;
+    Ok(mounts_at_or_under(&table, target.as_os_str().as_bytes()).map(|m| PathBuf::from(OsStr::from_bytes(&m))))
+}
+
+/// The same, from a mount table's text (its fifth field, \NNN unescaped).
+pub fn mounts_at_or_under(table: &[u8], target: &[u8]) -> Option<Vec<u8>> {
+    let target = target.strip_suffix(b"/").filter(|t| !t.is_empty()).unwrap_or(target);
+    for line in table.split(|b| *b == b'\n') {
+        let Some(field) = line.split(|b| *b == b' ').nth(4) else {
+            continue;
+        };
+        let mut point = Vec::with_capacity(field.len());
+        let mut i = 0;
+        while i < field.len() {
+            let oct = field
+                .get(i + 1..i + 4)
+                .filter(|o| field[i] == b'\\' && o.iter().all(|c| (b'0'..=b'7').contains(c)));
+            match oct {
+                Some(o) => {
+                    let v = u32::from(o[0] - b'0') * 64 + u32::from(o[1] - b'0') * 8 + u32::from(o[2] - b'0');
+                    point.push(v as u8);
+                    i += 4;
+                }
+                None => {
+                    point.push(field[i]);
+                    i += 1;
+                }
+            }
+        }
+        let under = point
+            .strip_prefix(target)
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'/' || target == b"/");
+        if under {
+            return Some(point);
+        }
+    }
+    None
+}
+
+/// The kernel's name of a directory descriptor (its path from the root).
+fn real_path(fd: BorrowedFd<'_>) -> anyhow::Result<PathBuf> {
+    std::fs::read_link(fd_path(fd)).map_err(|e| anyhow!("cannot tell where a directory is: {}", os_error(&e)))
+}
+
+fn identity(st: &FileStat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
+}
+
+/// A directory being emptied: its descriptor (closed when deep, opened
+/// again from the root), identity, name in its parent, subdirectories left.
+struct Level {
+    fd: Option<OwnedFd>,
+    id: (u64, u64),
+    name: Vec<u8>,
+    subdirs: Vec<Vec<u8>>,
+}
+
+/// Descriptors the walk keeps open at most (the rest are reopened).
+const OPEN_LEVELS: usize = 32;
+
+/// Remove `name` in `parent` (shown as `shown`) and everything in it, when
+/// it is still `expect` (device, inode) if given; never across a mount
+/// (one /proc/self/mountinfo lists at or below it is refused before
+/// anything is removed, and the walk neither opens a mount point nor a
+/// directory of another device), never through a symbolic link.
+fn remove_tree(parent: &OwnedFd, name: &str, shown: &Path, expect: Option<(u64, u64)>) -> anyhow::Result<()> {
+    let st = match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => bail!("cannot look at {}: {}", shown.display(), e.desc()),
+    };
+    if expect.is_some_and(|id| id != identity(&st)) {
+        bail!(
+            "{} is not the one berth checked (it was replaced meanwhile): not removing it",
+            shown.display()
+        );
+    }
+    if kind_of(&st) != SFlag::S_IFDIR {
+        return unlinkat(parent, name, UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| anyhow!("cannot remove {}: {}", shown.display(), e.desc()));
+    }
+    let real = real_path(parent.as_fd())?.join(name);
+    if let Some(m) = mount_at_or_under(&real)? {
+        bail!(
+            "{} holds a mount at {}: not removing it (unmount it first)",
+            shown.display(),
+            m.display()
+        );
+    }
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+    let open_err = |path: &[u8], e: Errno| match e {
+        Errno::EXDEV => anyhow!(
+            "{}: {} is a mount point: not removing it (unmount it first)",
+            shown.display(),
+            show(path)
+        ),
+        e => anyhow!("cannot open {}: {}: {}", shown.display(), show(path), e.desc()),
+    };
+    let top = beneath(parent.as_fd(), name.as_bytes(), dir_flags).map_err(|e| open_err(b".", e))?;
+    let top_st = fstat(&top).map_err(|e| anyhow!("cannot look at {}: {}", shown.display(), e.desc()))?;
+    if identity(&top_st) != identity(&st) {
+        bail!("{} changed while berth looked at it: not removing it", shown.display());
+    }
+    let dev = top_st.st_dev;
+    let mut path: Vec<Vec<u8>> = Vec::new();
+    let subdirs = empty_dir(&top, shown, b".")?;
+    let mut stack = vec![Level {
+        fd: Some(top),
+        id: identity(&top_st),
+        name: name.as_bytes().to_vec(),
+        subdirs,
+    }];
+    while let Some(last) = stack.last_mut() {
+        if let Some(sub) = last.subdirs.pop() {
+            let here = stack.len() - 1;
+            let fd = level_fd(&mut stack, here, shown)?;
+            path.push(sub.clone());
+            let shown_path = join(&path.iter().map(Vec::as_slice).collect::<Vec<_>>());
+            let child = match beneath(fd.as_fd(), &sub, dir_flags) {
+                Ok(c) => c,
+                Err(Errno::ENOENT) => {
+                    path.pop();
+                    continue;
+                }
+                Err(e) => return Err(open_err(&shown_path, e)),
+            };
+            let cst = fstat(&child).map_err(|e| anyhow!("cannot look at {}: {}", shown.display(), e.desc()))?;
+            if cst.st_dev != dev {
+                bail!(
+                    "{}: {} is on another file system: not removing it",
+                    shown.display(),
+                    show(&shown_path)
+                );
+            }
+            let subdirs = empty_dir(&child, shown, &shown_path)?;
+            stack.push(Level {
+                fd: Some(child),
+                id: identity(&cst),
+                name: sub,
+                subdirs,
+            });
+            if stack.len() > OPEN_LEVELS + 1 {
+                let n = stack.len();
+                stack[n - OPEN_LEVELS - 1].fd = None;
+            }
+        } else {
+            let done = stack.pop().expect("not empty");
+            path.pop();
+            match stack.len() {
+                0 => unlinkat(parent, name, UnlinkatFlags::RemoveDir),
+                n => {
+                    let fd = level_fd(&mut stack, n - 1, shown)?;
+                    unlinkat(&fd, as_path(&done.name), UnlinkatFlags::RemoveDir)
+                }
+            }
+            .map_err(|e| anyhow!("cannot remove {}: {}", shown.display(), e.desc()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The descriptor of level `i`, opened again (one component at a time
+/// from the nearest open level, each checked to be the same directory)
+/// when it was closed.
+fn level_fd(stack: &mut [Level], i: usize, shown: &Path) -> anyhow::Result<OwnedFd> {
+    if let Some(fd) = &stack[i].fd {
+        return fd.try_clone().context("duplicating a descriptor");
+    }
+    let j = (0..i)
+        .rev()
+        .find(|j| stack[*j].fd.is_some())
+        .expect("the top stays open");
+    let mut fd = stack[j]
+        .fd
+        .as_ref()
+        .expect("open")
+        .try_clone()
+        .context("duplicating a descriptor")?;
+    for level in &stack[j + 1..=i] {
+        fd = beneath(fd.as_fd(), &level.name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(|e| anyhow!("cannot open a directory of {} again: {}", shown.display(), e.desc()))?;
+        let st = fstat(&fd).map_err(|e| anyhow!("cannot look at {}: {}", shown.display(), e.desc()))?;
+        if identity(&st) != level.id {
+            bail!("{} changed while berth removed it: stopped", shown.display());
+        }
+    }
+    stack[i].fd = Some(fd.try_clone().context("duplicating a descriptor")?);
+    Ok(fd)
+}
+
+/// Remove what is in `dir` except directories; returns their names.
+fn empty_dir(dir: &OwnedFd, shown: &Path, path: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    {
+        let mut list = nix::dir::Dir::openat(
+            dir,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| anyhow!("cannot read {}: {}: {}", shown.display(), show(path), e.desc()))?;
+        for ent in list.iter() {
+            let ent = ent.map_err(|e| anyhow!("cannot read {}: {}: {}", shown.display(), show(path), e.desc()))?;
+            let n = ent.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push((n.to_vec(), ent.file_type()));
+            }
+        }
+    }
+    let mut subdirs = Vec::new();
+    for (n, t) in names {
+        let is_dir = match t {
+            Some(nix::dir::Type::Directory) => true,
+            Some(_) => false,
+            None => match fstatat(dir, as_path(&n), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => kind_of(&st) == SFlag::S_IFDIR,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => bail!("cannot look at {}: {}: {}", shown.display(), show(&n), e.desc()),
+            },
+        };
+        if is_dir {
+            subdirs.push(n);
+            continue;
+        }
+        match unlinkat(dir, as_path(&n), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            // A directory after all (replaced since the listing).
+            Err(Errno::EISDIR) => subdirs.push(n),
+            Err(e) => bail!("cannot remove {}: {}: {}", shown.display(), show(&n), e.desc()),
+        }
+    }
+    Ok(subdirs)
 }
 
 // ---------------------------------------------------------------------------
@@ -349,7 +634,7 @@ fn import(
     stdin: bool,
     signals: &Signals,
 ) -> anyhow::Result<Imported> {
-    let dir = machines_dir();
+    let dir = machines_dir(args.machines_dir.as_deref());
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -357,22 +642,33 @@ fn import(
             .create(&dir)
             .map_err(|e| anyhow!("cannot create {}: {}", dir.display(), os_error(&e)))?;
     }
-    let dir_fd = nix::fcntl::open(
-        &dir,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| anyhow!("cannot open {}: {}", dir.display(), e.desc()))?;
+    let dir_fd = open_machines_dir(&dir)?;
 
     // Held to the end: no other import of NAME, no machine NAME.
     let _name_lock = lock_name(name)?;
-    remove_leftovers(&dir, name);
+    remove_leftovers(&dir, &dir_fd, name);
 
     let target = dir.join(name.as_str());
-    let exists = target.symlink_metadata().is_ok();
-    let _tree_lock = if exists {
+    // What --force replaces, by identity: checked again before the
+    // exchange and before the old tree is removed.
+    let old = match fstatat(&dir_fd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Some(identity(&st)),
+        Err(Errno::ENOENT) => None,
+        Err(e) => bail!("cannot look at {}: {}", target.display(), e.desc()),
+    };
+    let _tree_lock = if old.is_some() {
         if !args.force {
             bail!("{} exists (use --force to replace it)", target.display());
+        }
+        // Before anything is read: a mount in the old tree would stop its
+        // removal after the exchange, when the new tree is already in place.
+        let real = real_path(dir_fd.as_fd())?.join(name.as_str());
+        if let Some(m) = mount_at_or_under(&real)? {
+            bail!(
+                "{} holds a mount at {}: refusing to replace it (unmount it first)",
+                target.display(),
+                m.display()
+            );
         }
         match std::fs::metadata(&target) {
             Ok(m) => Some(lock_tree(&target, (m.dev(), m.ino()), true)?),
@@ -398,6 +694,21 @@ fn import(
         }
         (OwnedFd::from(file), meta.is_file().then_some(meta.len()))
     };
+    // A file is checked before anything of it is extracted (and hashed
+    // again while it is, in case it changes meanwhile); a pipe can be
+    // hashed only as it streams, and is refused before the rename.
+    if let (Some(want), Some(len)) = (want, len) {
+        let digest = hash_file(&input, len, signals)?;
+        if digest != want {
+            bail!(
+                "checksum mismatch: its SHA-256 is sha256:{}, --checksum says sha256:{}",
+                hex(&digest),
+                hex(&want)
+            );
+        }
+        nix::unistd::lseek(&input, 0, nix::unistd::Whence::SeekSet)
+            .map_err(|e| anyhow!("cannot read it again from its start: {}", e.desc()))?;
+    }
 
     let progress = Progress::new(len, "importing");
     let mut temp = TempTree::create(&dir, &dir_fd, name)?;
@@ -423,7 +734,16 @@ fn import(
     // Into place: exchanged with the old tree (--force), or renamed where
     // nothing is.
     let mut replaced = false;
-    if exists {
+    if let Some(old) = old {
+        match fstatat(&dir_fd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if identity(&st) == old => {}
+            Ok(_) => bail!(
+                "{} was replaced by something else while importing: not replacing it",
+                target.display()
+            ),
+            Err(Errno::ENOENT) => {}
+            Err(e) => bail!("cannot look at {}: {}", target.display(), e.desc()),
+        }
         match renameat2(
             &dir_fd,
             temp.name.as_str(),
@@ -457,14 +777,14 @@ fn import(
             ),
         }
     } else {
-        // The old tree is now at the temporary name: remove it.
-        let old = temp.path();
+        // The old tree is now at the temporary name: remove it, if it is
+        // still the one checked above.
+        let old_path = temp.path();
         temp.disarm();
-        if let Err(e) = std::fs::remove_dir_all(&old) {
+        if let Err(e) = remove_tree(&dir_fd, &temp.name, &old_path, old) {
             tracing::warn!(
-                "the old tree, moved to {}, could not be removed: {} (the next import of \"{name}\" removes it)",
-                old.display(),
-                os_error(&e)
+                "the old tree, moved to {}, was not removed: {e:#} (the next import of \"{name}\" removes it)",
+                old_path.display(),
             );
         }
     }
@@ -476,6 +796,25 @@ fn import(
     })
 }
 
+/// The SHA-256 of the `len` bytes of a file, read from where it is.
+fn hash_file(fd: &OwnedFd, len: u64, signals: &Signals) -> anyhow::Result<[u8; 32]> {
+    let progress = Progress::new(Some(len), "verifying");
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        signals.check()?;
+        let n = match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => bail!("reading the tarball: {}", e.desc()),
+        };
+        hasher.update(&buf[..n]);
+        progress.0.inc(n as u64);
+    }
+    Ok(hasher.finalize().into())
+}
+
 /// The machine name a temporary directory was made for, if it is one.
 fn leftover_of(file_name: &str) -> Option<&str> {
     let rest = file_name.strip_prefix(TEMP_PREFIX)?;
@@ -485,22 +824,25 @@ fn leftover_of(file_name: &str) -> Option<&str> {
 
 /// Remove what interrupted imports of `name` left (the caller holds the
 /// name lock, so no import of it runs).
-fn remove_leftovers(dir: &Path, name: &MachineName) {
+fn remove_leftovers(dir: &Path, dir_fd: &OwnedFd, name: &MachineName) {
     let Ok(list) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in list.flatten() {
         let file_name = entry.file_name();
-        if leftover_of(&file_name.to_string_lossy()) != Some(name.as_str()) {
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if leftover_of(file_name) != Some(name.as_str()) {
             continue;
         }
         let path = entry.path();
-        match std::fs::remove_dir_all(&path) {
+        match remove_tree(dir_fd, file_name, &path, None) {
             Ok(()) => tracing::info!(
                 "removed {}, left by an interrupted import of \"{name}\"",
                 path.display()
             ),
-            Err(e) => tracing::warn!("cannot remove {}: {}", path.display(), os_error(&e)),
+            Err(e) => tracing::warn!("{e:#}"),
         }
     }
 }
@@ -509,6 +851,7 @@ fn remove_leftovers(dir: &Path, name: &MachineName) {
 /// unless disarmed.
 struct TempTree {
     dir: PathBuf,
+    dir_fd: OwnedFd,
     name: String,
     armed: bool,
 }
@@ -529,6 +872,7 @@ impl TempTree {
                 Ok(()) => {
                     return Ok(TempTree {
                         dir: dir.to_path_buf(),
+                        dir_fd: dir_fd.try_clone().context("duplicating a descriptor")?,
                         name: temp,
                         armed: true,
                     })
@@ -562,10 +906,8 @@ impl TempTree {
 impl Drop for TempTree {
     fn drop(&mut self) {
         if self.armed {
-            if let Err(e) = std::fs::remove_dir_all(self.path()) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!("cannot remove {}: {}", self.path().display(), os_error(&e));
-                }
+            if let Err(e) = remove_tree(&self.dir_fd, &self.name, &self.path(), None) {
+                tracing::warn!("{e:#}");
             }
         }
     }
@@ -2163,9 +2505,12 @@ impl Drop for TempFile {
 }
 
 fn export(args: &ExportTarArgs, name: &MachineName, stdout: bool, signals: &Signals) -> anyhow::Result<(u64, u64)> {
-    let tree = machines_dir().join(name.as_str());
-    let root = nix::fcntl::open(
-        &tree,
+    let dir = machines_dir(args.machines_dir.as_deref());
+    let dir_fd = open_machines_dir(&dir)?;
+    let tree = dir.join(name.as_str());
+    let root = nix::fcntl::openat(
+        &dir_fd,
+        name.as_str(),
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
@@ -2347,6 +2692,20 @@ impl Read for Exact<'_> {
     }
 }
 
+/// Open the regular file `at` in `dir` that fstatat saw as `st`, to read
+/// it: O_NONBLOCK, so that a FIFO or device put there since (a running
+/// machine's root may) does not block or act on open, and the inode's type
+/// and identity checked on the descriptor before a byte is read.
+pub fn open_regular(dir: &OwnedFd, at: &Path, st: &FileStat) -> Result<OwnedFd, String> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = openat(dir, at, flags, Mode::empty()).map_err(|e| format!("opening it: {}", e.desc()))?;
+    let now = fstat(&fd).map_err(|e| e.desc().to_string())?;
+    if kind_of(&now) != SFlag::S_IFREG || (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+        return Err("it changed while berth read it".into());
+    }
+    Ok(fd)
+}
+
 impl Walker<'_> {
     fn walk<W: Write>(&mut self, b: &mut tar::Builder<W>, dir: &OwnedFd, prefix: &[u8]) -> anyhow::Result<()> {
         let mut names: Vec<Vec<u8>> = Vec::new();
@@ -2448,13 +2807,7 @@ impl Walker<'_> {
         let (fd, file) = match (kind, at) {
             (_, None) => (dir.try_clone().context("duplicating a descriptor")?, None),
             (SFlag::S_IFREG, Some(at)) => {
-                let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-                let fd =
-                    openat(dir, at, flags, Mode::empty()).map_err(|e| fail(format!("opening it: {}", e.desc())))?;
-                let now = fstat(&fd).map_err(|e| fail(e.desc().into()))?;
-                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
-                    return Err(fail("it changed while berth read it".into()));
-                }
+                let fd = open_regular(dir, at, st).map_err(fail)?;
                 (fd.try_clone()?, Some(File::from(fd)))
             }
             (_, Some(at)) => {
@@ -2685,6 +3038,84 @@ mod tests {
         assert_eq!(i, MAX_PENDING_ACLS / 100_100);
         assert!(p.bytes() <= MAX_PENDING_ACLS);
         assert_eq!(err, format!("ACLs naming users or groups (resolved at the end, in the tree's /etc/passwd and /etc/group) add up to more than {MAX_PENDING_ACLS} bytes, more than berth keeps"));
+    }
+
+    #[test]
+    fn export_opens_a_fifo_put_in_place_of_a_file_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "data").unwrap();
+        let dfd = nix::fcntl::open(dir.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let st = fstatat(&dfd, "f", AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+        assert!(open_regular(&dfd, Path::new("f"), &st).is_ok());
+        // Swapped for a FIFO with no writer: an open without O_NONBLOCK
+        // would wait for one forever.
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("f"), Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || tx.send(open_regular(&dfd, Path::new("f"), &st).err()));
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("open_regular blocked on a FIFO");
+        assert_eq!(got.as_deref(), Some("it changed while berth read it"));
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn mounts_at_or_below_a_tree_are_found_escaped_names_too() {
+        let table = b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+            30 22 0:5 / /var/lib/machines/web/proc rw - proc proc rw\n\
+            31 22 0:6 / /var/lib/machines/a\\040b rw - tmpfs tmpfs rw\n\
+            32 22 0:7 / /var/lib/machines/webby rw - tmpfs tmpfs rw\n";
+        let find = |t: &str| mounts_at_or_under(table, t.as_bytes()).map(|m| String::from_utf8(m).unwrap());
+        assert_eq!(
+            find("/var/lib/machines/web").as_deref(),
+            Some("/var/lib/machines/web/proc")
+        );
+        assert_eq!(
+            find("/var/lib/machines/web/").as_deref(),
+            Some("/var/lib/machines/web/proc")
+        );
+        assert_eq!(find("/var/lib/machines/a b").as_deref(), Some("/var/lib/machines/a b"));
+        assert_eq!(find("/var/lib/machines/webb"), None);
+        assert_eq!(find("/var/lib/machines/x"), None);
+        assert_eq!(find("/").as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn remove_tree_removes_deep_trees_and_only_what_was_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "keep").unwrap();
+        let mut deep = dir.path().join("t");
+        for i in 0..(3 * OPEN_LEVELS) {
+            deep.push(format!("d{i}"));
+            std::fs::create_dir_all(&deep).unwrap();
+            std::fs::write(deep.join("f"), "x").unwrap();
+            std::os::unix::fs::symlink(&outside, deep.join("l")).unwrap();
+            std::fs::create_dir(deep.join("side")).unwrap();
+        }
+        let dfd = nix::fcntl::open(dir.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        remove_tree(&dfd, "t", &dir.path().join("t"), None).unwrap();
+        assert!(!dir.path().join("t").exists());
+        assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
+
+        // Replaced since it was checked: left alone.
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        let st = fstatat(&dfd, "a", AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+        std::fs::rename(dir.path().join("b"), dir.path().join("a")).unwrap();
+        let shown = dir.path().join("a");
+        assert_eq!(
+            remove_tree(&dfd, "a", &shown, Some(identity(&st)))
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "{} is not the one berth checked (it was replaced meanwhile): not removing it",
+                shown.display()
+            )
+        );
+        assert!(shown.exists());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Host tests of `berth import-tar` and `berth export-tar`, as root, with
 //! the cached guest tree (BERTH_TEST_TREE; see tests/common). Every test
-//! uses a machines directory of its own (BERTH_MACHINES_DIR) under the
+//! uses a machines directory of its own (the hidden --machines-dir) under the
 //! cache's scratch directory, on the same file system as the tree, and
 //! machine names starting with "t-img-" (their name locks are the real
 //! ones in /run/berth).
@@ -45,7 +45,7 @@ impl Env {
     }
     fn cmd(&self, args: &[&OsStr]) -> Command {
         let mut c = berth();
-        c.args(args).env("BERTH_MACHINES_DIR", self.machines());
+        c.args(args).arg("--machines-dir").arg(self.machines());
         c
     }
     /// `berth ARGS` with stdin from `input` (or nothing), within 3 minutes.
