@@ -26,8 +26,9 @@
 //!   `..` and not absolute; a hard link to a symlink is checked as a symlink
 //!   at its new place;
 //! - device nodes: only the harmless character devices a container's /dev
-//!   has (null, zero, full, random, urandom, tty);
-//!   every block device and any other character device is refused.
+//!   has (null, zero, full, random, urandom, tty); console, ptmx and
+//!   net/tun nodes are left out with a note (berth gives machines their
+//!   own); every block device and any other character device is refused.
 //!
 //! Everything goes into a hidden directory next to the trees,
 //! `.import-NAME-RANDOM`, which becomes NAME by one rename(2) only when the
@@ -107,10 +108,7 @@ const TEMP_PREFIX: &str = ".import-";
 const OS_RELEASE: &[&str] = &["/etc/os-release", "/usr/lib/os-release"];
 
 /// Character devices an imported tree may hold: the harmless ones of a
-/// container's /dev. Not console (5:1: the host's console), ptmx (5:2: a
-/// pty of the host's initial devpts instance) nor net/tun (10:200: a way
-/// to the network stack): berth gives a machine its own /dev with what it
-/// needs of those, at boot, and a tree's own nodes would work outside it.
+/// container's /dev.
 const ALLOWED_CHAR_DEVICES: &[(u64, u64, &str)] = &[
     (1, 3, "null"),
     (1, 5, "zero"),
@@ -119,6 +117,15 @@ const ALLOWED_CHAR_DEVICES: &[(u64, u64, &str)] = &[
     (1, 9, "urandom"),
     (5, 0, "tty"),
 ];
+
+/// Character devices an OS tree usually has (debootstrap makes console
+/// and ptmx) that are left out of the imported tree, with a note: console
+/// (5:1) is the host's console, ptmx (5:2) opens a pty of the host's
+/// initial devpts instance, net/tun (10:200) reaches the network stack;
+/// berth gives a machine its own /dev with what it needs of those at boot,
+/// and a tree's own nodes would work for anyone who can reach the tree on
+/// the host. Refusing them would refuse every debootstrap tree.
+const SKIPPED_CHAR_DEVICES: &[(u64, u64, &str)] = &[(5, 1, "console"), (5, 2, "ptmx"), (10, 200, "net/tun")];
 
 /// The extended attributes import-tar sets: user.*, the POSIX ACLs and
 /// file capabilities.
@@ -1626,6 +1633,14 @@ pub fn climbs_out(target: &[u8], depth: usize) -> bool {
     false
 }
 
+/// The name of a character device left out of an imported tree.
+pub fn skipped_char_device(major: u64, minor: u64) -> Option<&'static str> {
+    SKIPPED_CHAR_DEVICES
+        .iter()
+        .find(|(a, b, _)| (*a, *b) == (major, minor))
+        .map(|(_, _, n)| *n)
+}
+
 /// Whether a character device may be in an imported tree.
 pub fn allowed_char_device(major: u64, minor: u64) -> bool {
     ALLOWED_CHAR_DEVICES.iter().any(|(a, b, _)| (*a, *b) == (major, minor))
@@ -1756,6 +1771,8 @@ struct Extractor<'a> {
     pending_acls: PendingAcls,
     /// Extended attributes not imported, each said once.
     skipped_xattrs: std::collections::HashSet<String>,
+    /// Device nodes left out, each kind said once.
+    skipped_devices: std::collections::HashSet<&'static str>,
     buf: Vec<u8>,
     entries: u64,
 }
@@ -1782,6 +1799,7 @@ impl<'a> Extractor<'a> {
             root_entry: None,
             pending_acls: PendingAcls::default(),
             skipped_xattrs: Default::default(),
+            skipped_devices: Default::default(),
             buf: vec![0; BUF_SIZE],
             entries: 0,
         }
@@ -2024,6 +2042,18 @@ impl<'a> Extractor<'a> {
                 let (sflag, dev) = match e.typeflag {
                     b'6' => (SFlag::S_IFIFO, 0),
                     b'4' => return Err(fail(format!("block device {}:{}: refused", e.major, e.minor))),
+                    _ if skipped_char_device(e.major, e.minor).is_some() => {
+                        let what = skipped_char_device(e.major, e.minor).expect("just found");
+                        if self.skipped_devices.insert(what) {
+                            tracing::info!(
+                                "not importing the character device {} ({what} {}:{}, and any other): berth gives machines their own /dev",
+                                show(&e.path),
+                                e.major,
+                                e.minor
+                            );
+                        }
+                        return Ok(());
+                    }
                     _ if !allowed_char_device(e.major, e.minor) => {
                         return Err(fail(format!(
                             "character device {}:{}: refused (allowed: {})",
@@ -2985,6 +3015,10 @@ mod tests {
         assert!(!allowed_char_device(10, 200));
         assert!(!allowed_char_device(5, 1));
         assert!(!allowed_char_device(5, 2));
+        assert_eq!(skipped_char_device(5, 1), Some("console"));
+        assert_eq!(skipped_char_device(5, 2), Some("ptmx"));
+        assert_eq!(skipped_char_device(10, 200), Some("net/tun"));
+        assert_eq!(skipped_char_device(1, 3), None);
         assert!(!allowed_char_device(1, 1));
         assert!(!allowed_char_device(8, 0));
     }
