@@ -139,7 +139,8 @@ fn berth_once(berth: &Path, file: &Path, machines: &Path) -> Sample {
         .arg("import-tar")
         .arg(file)
         .arg("bench-import")
-        .env("BERTH_MACHINES_DIR", machines)
+        .arg("--machines-dir")
+        .arg(machines)
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -75,6 +75,11 @@ pub struct ImportTarArgs {
     /// Replace an existing tree of that name (never one a machine runs on).
     #[arg(long)]
     pub force: bool,
+    /// The machines directory, instead of /var/lib/machines: for berth's
+    /// own tests and bench (hidden; a flag, not an environment variable,
+    /// so that nothing inherited redirects where root writes).
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub machines_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +91,10 @@ pub struct ExportTarArgs {
     /// Replace FILE if it exists.
     #[arg(long)]
     pub force: bool,
+    /// The machines directory, instead of /var/lib/machines (hidden: for
+    /// berth's own tests; see import-tar's).
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub machines_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -26,13 +26,17 @@
 //!   `..` and not absolute; a hard link to a symlink is checked as a symlink
 //!   at its new place;
 //! - device nodes: only the harmless character devices a container's /dev
-//!   has (null, zero, full, random, urandom, tty, console, ptmx, net/tun);
-//!   every block device and any other character device is refused.
+//!   has (null, zero, full, random, urandom, tty); console, ptmx and
+//!   net/tun nodes are left out with a note (berth gives machines their
+//!   own); every block device and any other character device is refused.
 //!
 //! Everything goes into a hidden directory next to the trees,
 //! `.import-NAME-RANDOM`, which becomes NAME by one rename(2) only when the
 //! whole stream was read, its SHA-256 matched (--checksum: of the bytes as
-//! read, compressed), and the tree has an os-release. Any error, and
+//! read, compressed; a FILE is also hashed before anything is extracted),
+//! and the tree has an os-release. The tarball's own entry for the root
+//! ("./": mode, owner, ACLs) is applied last: until then the tree is 0700
+//! and root's. Any error, and
 //! SIGINT, SIGTERM or SIGHUP (blocked, and watched through a signalfd, also
 //! while waiting for input), removes it; one left by a SIGKILLed import is
 //! removed by the next import of that name (the name lock of NAME is held
@@ -54,9 +58,21 @@
 //! (ACLs also as GNU tar's SCHILY.acl text, with numeric ids), hard links as
 //! links, devices and FIFOs; sockets are skipped with a note.
 //!
-//! Trees live in /var/lib/machines (tree::MACHINES_DIR); BERTH_MACHINES_DIR
-//! overrides that for these two commands, for tests (tree.rs has no such
-//! setting; `berth boot -D` takes any directory).
+//! Trees live in /var/lib/machines (tree::MACHINES_DIR), which must be
+//! root's and not writable by group or others (refused otherwise, not
+//! fixed). The tests and the bench give another directory with the hidden
+//! `--machines-dir DIR` of these two commands: a flag, written on the
+//! command line, where an environment variable (the former
+//! BERTH_MACHINES_DIR) would be inherited unseen through sudo -E, a unit
+//! or a shell and redirect where root writes; the same binary (debug,
+//! release or the package's, as the VM tier runs them) serves the tests.
+//! tree.rs has no such setting; `berth boot -D` takes any directory.
+//!
+//! Trees are removed (--force, leftovers, failures) by a walk of our own:
+//! refused when /proc/self/mountinfo lists a mount at or below the tree,
+//! and the walk opens nothing across a mount (RESOLVE_NO_XDEV) or on
+//! another device; --force removes the old tree only while it is still
+//! the inode (device, inode) it checked.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -86,16 +102,13 @@ use crate::lock::{tree_lock_path, LOCK_DIR};
 use crate::name::MachineName;
 use crate::util::os_error;
 
-/// Overrides the machines directory of import-tar and export-tar (tests).
-pub const MACHINES_DIR_ENV: &str = "BERTH_MACHINES_DIR";
-
 /// Prefix of the hidden directory an import extracts into.
 const TEMP_PREFIX: &str = ".import-";
 
 const OS_RELEASE: &[&str] = &["/etc/os-release", "/usr/lib/os-release"];
 
-/// Character devices an imported tree may hold: those of a container's
-/// /dev (the nodes berth itself gives machines, and console and ptmx).
+/// Character devices an imported tree may hold: the harmless ones of a
+/// container's /dev.
 const ALLOWED_CHAR_DEVICES: &[(u64, u64, &str)] = &[
     (1, 3, "null"),
     (1, 5, "zero"),
@@ -103,10 +116,16 @@ const ALLOWED_CHAR_DEVICES: &[(u64, u64, &str)] = &[
     (1, 8, "random"),
     (1, 9, "urandom"),
     (5, 0, "tty"),
-    (5, 1, "console"),
-    (5, 2, "ptmx"),
-    (10, 200, "net/tun"),
 ];
+
+/// Character devices an OS tree usually has (debootstrap makes console
+/// and ptmx) that are left out of the imported tree, with a note: console
+/// (5:1) is the host's console, ptmx (5:2) opens a pty of the host's
+/// initial devpts instance, net/tun (10:200) reaches the network stack;
+/// berth gives a machine its own /dev with what it needs of those at boot,
+/// and a tree's own nodes would work for anyone who can reach the tree on
+/// the host. Refusing them would refuse every debootstrap tree.
+const SKIPPED_CHAR_DEVICES: &[(u64, u64, &str)] = &[(5, 1, "console"), (5, 2, "ptmx"), (10, 200, "net/tun")];
 
 /// The extended attributes import-tar sets: user.*, the POSIX ACLs and
 /// file capabilities.
@@ -120,12 +139,285 @@ fn importable_xattr(name: &str) -> bool {
 /// Reads and writes of file data go through buffers of this size.
 const BUF_SIZE: usize = 256 * 1024;
 
-/// Where the trees are.
-pub fn machines_dir() -> PathBuf {
-    match std::env::var_os(MACHINES_DIR_ENV) {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
+/// Where the trees are: /var/lib/machines, or the hidden
+/// `--machines-dir` of the tests (see the module's documentation).
+pub fn machines_dir(given: Option<&Path>) -> PathBuf {
+    match given {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from(crate::tree::MACHINES_DIR),
     }
+}
+
+/// Open the machines directory, refused unless it is root's and nobody
+/// else may write it. Refused rather than fixed with fchmod: a directory
+/// that others could write may already hold what they put there (a
+/// symbolic link or a fake leftover named like a tree), and changing an
+/// administrator's permissions silently would hide that.
+fn open_machines_dir(dir: &Path) -> anyhow::Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| anyhow!("cannot open {}: {}", dir.display(), e.desc()))?;
+    let st = fstat(&fd).map_err(|e| anyhow!("cannot look at {}: {}", dir.display(), e.desc()))?;
+    if st.st_uid != 0 {
+        bail!(
+            "{} belongs to uid {}, not root: refusing to use it (its owner could change the trees in it)",
+            dir.display(),
+            st.st_uid
+        );
+    }
+    if st.st_mode & 0o022 != 0 {
+        bail!(
+            "{} may be written by its group or others (mode {:04o}): refusing to use it (chmod go-w it)",
+            dir.display(),
+            st.st_mode & 0o7777
+        );
+    }
+    Ok(fd)
+}
+
+// ---------------------------------------------------------------------------
+// Removing a tree (--force, leftovers, a failed import): never across a
+// mount. A tree can hold mounts (a machine's bind mount left behind, an
+// administrator's): std::fs::remove_dir_all would empty them.
+
+/// The first mount point /proc/self/mountinfo lists at `target` or below.
+fn mount_at_or_under(target: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let table =
+        std::fs::read("/proc/self/mountinfo").map_err(|e| anyhow!("reading /proc/self/mountinfo: {}", os_error(&e)))?;
+    Ok(mounts_at_or_under(&table, target.as_os_str().as_bytes()).map(|m| PathBuf::from(OsStr::from_bytes(&m))))
+}
+
+/// The same, from a mount table's text (its fifth field, \NNN unescaped).
+pub fn mounts_at_or_under(table: &[u8], target: &[u8]) -> Option<Vec<u8>> {
+    let target = target.strip_suffix(b"/").filter(|t| !t.is_empty()).unwrap_or(target);
+    for line in table.split(|b| *b == b'\n') {
+        let Some(field) = line.split(|b| *b == b' ').nth(4) else {
+            continue;
+        };
+        let mut point = Vec::with_capacity(field.len());
+        let mut i = 0;
+        while i < field.len() {
+            let oct = field
+                .get(i + 1..i + 4)
+                .filter(|o| field[i] == b'\\' && o.iter().all(|c| (b'0'..=b'7').contains(c)));
+            match oct {
+                Some(o) => {
+                    let v = u32::from(o[0] - b'0') * 64 + u32::from(o[1] - b'0') * 8 + u32::from(o[2] - b'0');
+                    point.push(v as u8);
+                    i += 4;
+                }
+                None => {
+                    point.push(field[i]);
+                    i += 1;
+                }
+            }
+        }
+        let under = point
+            .strip_prefix(target)
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'/' || target == b"/");
+        if under {
+            return Some(point);
+        }
+    }
+    None
+}
+
+/// The kernel's name of a directory descriptor (its path from the root).
+fn real_path(fd: BorrowedFd<'_>) -> anyhow::Result<PathBuf> {
+    std::fs::read_link(fd_path(fd)).map_err(|e| anyhow!("cannot tell where a directory is: {}", os_error(&e)))
+}
+
+fn identity(st: &FileStat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
+}
+
+/// A directory being emptied: its descriptor (closed when deep, opened
+/// again from the root), identity, name in its parent, subdirectories left.
+struct Level {
+    fd: Option<OwnedFd>,
+    id: (u64, u64),
+    name: Vec<u8>,
+    subdirs: Vec<Vec<u8>>,
+}
+
+/// Descriptors the walk keeps open at most (the rest are reopened).
+const OPEN_LEVELS: usize = 32;
+
+/// Remove `name` in `parent` (shown as `shown`) and everything in it, when
+/// it is still `expect` (device, inode) if given; never across a mount
+/// (one /proc/self/mountinfo lists at or below it is refused before
+/// anything is removed, and the walk neither opens a mount point nor a
+/// directory of another device), never through a symbolic link.
+fn remove_tree(parent: &OwnedFd, name: &str, shown: &Path, expect: Option<(u64, u64)>) -> anyhow::Result<()> {
+    let st = match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => bail!("cannot look at {}: {}", shown.display(), e.desc()),
+    };
+    if expect.is_some_and(|id| id != identity(&st)) {
+        bail!(
+            "{} is not the one berth checked (it was replaced meanwhile): not removing it",
+            shown.display()
+        );
+    }
+    if kind_of(&st) != SFlag::S_IFDIR {
+        return unlinkat(parent, name, UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| anyhow!("cannot remove {}: {}", shown.display(), e.desc()));
+    }
+    let real = real_path(parent.as_fd())?.join(name);
+    if let Some(m) = mount_at_or_under(&real)? {
+        bail!(
+            "{} holds a mount at {}: not removing it (unmount it first)",
+            shown.display(),
+            m.display()
+        );
+    }
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+    let open_err = |path: &[u8], e: Errno| match e {
+        Errno::EXDEV => anyhow!(
+            "{}: {} is a mount point: not removing it (unmount it first)",
+            shown.display(),
+            show(path)
+        ),
+        e => anyhow!("cannot open {}: {}: {}", shown.display(), show(path), e.desc()),
+    };
+    let top = beneath(parent.as_fd(), name.as_bytes(), dir_flags).map_err(|e| open_err(b".", e))?;
+    let top_st = fstat(&top).map_err(|e| anyhow!("cannot look at {}: {}", shown.display(), e.desc()))?;
+    if identity(&top_st) != identity(&st) {
+        bail!("{} changed while berth looked at it: not removing it", shown.display());
+    }
+    let dev = top_st.st_dev;
+    let mut path: Vec<Vec<u8>> = Vec::new();
+    let subdirs = empty_dir(&top, shown, b".")?;
+    let mut stack = vec![Level {
+        fd: Some(top),
+        id: identity(&top_st),
+        name: name.as_bytes().to_vec(),
+        subdirs,
+    }];
+    while let Some(last) = stack.last_mut() {
+        if let Some(sub) = last.subdirs.pop() {
+            let here = stack.len() - 1;
+            let fd = level_fd(&mut stack, here, shown)?;
+            path.push(sub.clone());
+            let shown_path = join(&path.iter().map(Vec::as_slice).collect::<Vec<_>>());
+            let child = match beneath(fd.as_fd(), &sub, dir_flags) {
+                Ok(c) => c,
+                Err(Errno::ENOENT) => {
+                    path.pop();
+                    continue;
+                }
+                Err(e) => return Err(open_err(&shown_path, e)),
+            };
+            let cst = fstat(&child).map_err(|e| anyhow!("cannot look at {}: {}", shown.display(), e.desc()))?;
+            if cst.st_dev != dev {
+                bail!(
+                    "{}: {} is on another file system: not removing it",
+                    shown.display(),
+                    show(&shown_path)
+                );
+            }
+            let subdirs = empty_dir(&child, shown, &shown_path)?;
+            stack.push(Level {
+                fd: Some(child),
+                id: identity(&cst),
+                name: sub,
+                subdirs,
+            });
+            if stack.len() > OPEN_LEVELS + 1 {
+                let n = stack.len();
+                stack[n - OPEN_LEVELS - 1].fd = None;
+            }
+        } else {
+            let done = stack.pop().expect("not empty");
+            path.pop();
+            match stack.len() {
+                0 => unlinkat(parent, name, UnlinkatFlags::RemoveDir),
+                n => {
+                    let fd = level_fd(&mut stack, n - 1, shown)?;
+                    unlinkat(&fd, as_path(&done.name), UnlinkatFlags::RemoveDir)
+                }
+            }
+            .map_err(|e| anyhow!("cannot remove {}: {}", shown.display(), e.desc()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The descriptor of level `i`, opened again (one component at a time
+/// from the nearest open level, each checked to be the same directory)
+/// when it was closed.
+fn level_fd(stack: &mut [Level], i: usize, shown: &Path) -> anyhow::Result<OwnedFd> {
+    if let Some(fd) = &stack[i].fd {
+        return fd.try_clone().context("duplicating a descriptor");
+    }
+    let j = (0..i)
+        .rev()
+        .find(|j| stack[*j].fd.is_some())
+        .expect("the top stays open");
+    let mut fd = stack[j]
+        .fd
+        .as_ref()
+        .expect("open")
+        .try_clone()
+        .context("duplicating a descriptor")?;
+    for level in &stack[j + 1..=i] {
+        fd = beneath(fd.as_fd(), &level.name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(|e| anyhow!("cannot open a directory of {} again: {}", shown.display(), e.desc()))?;
+        let st = fstat(&fd).map_err(|e| anyhow!("cannot look at {}: {}", shown.display(), e.desc()))?;
+        if identity(&st) != level.id {
+            bail!("{} changed while berth removed it: stopped", shown.display());
+        }
+    }
+    stack[i].fd = Some(fd.try_clone().context("duplicating a descriptor")?);
+    Ok(fd)
+}
+
+/// Remove what is in `dir` except directories; returns their names.
+fn empty_dir(dir: &OwnedFd, shown: &Path, path: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    {
+        let mut list = nix::dir::Dir::openat(
+            dir,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| anyhow!("cannot read {}: {}: {}", shown.display(), show(path), e.desc()))?;
+        for ent in list.iter() {
+            let ent = ent.map_err(|e| anyhow!("cannot read {}: {}: {}", shown.display(), show(path), e.desc()))?;
+            let n = ent.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push((n.to_vec(), ent.file_type()));
+            }
+        }
+    }
+    let mut subdirs = Vec::new();
+    for (n, t) in names {
+        let is_dir = match t {
+            Some(nix::dir::Type::Directory) => true,
+            Some(_) => false,
+            None => match fstatat(dir, as_path(&n), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => kind_of(&st) == SFlag::S_IFDIR,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => bail!("cannot look at {}: {}: {}", shown.display(), show(&n), e.desc()),
+            },
+        };
+        if is_dir {
+            subdirs.push(n);
+            continue;
+        }
+        match unlinkat(dir, as_path(&n), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            // A directory after all (replaced since the listing).
+            Err(Errno::EISDIR) => subdirs.push(n),
+            Err(e) => bail!("cannot remove {}: {}: {}", shown.display(), show(&n), e.desc()),
+        }
+    }
+    Ok(subdirs)
 }
 
 // ---------------------------------------------------------------------------
@@ -349,7 +641,7 @@ fn import(
     stdin: bool,
     signals: &Signals,
 ) -> anyhow::Result<Imported> {
-    let dir = machines_dir();
+    let dir = machines_dir(args.machines_dir.as_deref());
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -357,22 +649,33 @@ fn import(
             .create(&dir)
             .map_err(|e| anyhow!("cannot create {}: {}", dir.display(), os_error(&e)))?;
     }
-    let dir_fd = nix::fcntl::open(
-        &dir,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| anyhow!("cannot open {}: {}", dir.display(), e.desc()))?;
+    let dir_fd = open_machines_dir(&dir)?;
 
     // Held to the end: no other import of NAME, no machine NAME.
     let _name_lock = lock_name(name)?;
-    remove_leftovers(&dir, name);
+    remove_leftovers(&dir, &dir_fd, name);
 
     let target = dir.join(name.as_str());
-    let exists = target.symlink_metadata().is_ok();
-    let _tree_lock = if exists {
+    // What --force replaces, by identity: checked again before the
+    // exchange and before the old tree is removed.
+    let old = match fstatat(&dir_fd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Some(identity(&st)),
+        Err(Errno::ENOENT) => None,
+        Err(e) => bail!("cannot look at {}: {}", target.display(), e.desc()),
+    };
+    let _tree_lock = if old.is_some() {
         if !args.force {
             bail!("{} exists (use --force to replace it)", target.display());
+        }
+        // Before anything is read: a mount in the old tree would stop its
+        // removal after the exchange, when the new tree is already in place.
+        let real = real_path(dir_fd.as_fd())?.join(name.as_str());
+        if let Some(m) = mount_at_or_under(&real)? {
+            bail!(
+                "{} holds a mount at {}: refusing to replace it (unmount it first)",
+                target.display(),
+                m.display()
+            );
         }
         match std::fs::metadata(&target) {
             Ok(m) => Some(lock_tree(&target, (m.dev(), m.ino()), true)?),
@@ -398,6 +701,21 @@ fn import(
         }
         (OwnedFd::from(file), meta.is_file().then_some(meta.len()))
     };
+    // A file is checked before anything of it is extracted (and hashed
+    // again while it is, in case it changes meanwhile); a pipe can be
+    // hashed only as it streams, and is refused before the rename.
+    if let (Some(want), Some(len)) = (want, len) {
+        let digest = hash_file(&input, len, signals)?;
+        if digest != want {
+            bail!(
+                "checksum mismatch: its SHA-256 is sha256:{}, --checksum says sha256:{}",
+                hex(&digest),
+                hex(&want)
+            );
+        }
+        nix::unistd::lseek(&input, 0, nix::unistd::Whence::SeekSet)
+            .map_err(|e| anyhow!("cannot read it again from its start: {}", e.desc()))?;
+    }
 
     let progress = Progress::new(len, "importing");
     let mut temp = TempTree::create(&dir, &dir_fd, name)?;
@@ -423,7 +741,16 @@ fn import(
     // Into place: exchanged with the old tree (--force), or renamed where
     // nothing is.
     let mut replaced = false;
-    if exists {
+    if let Some(old) = old {
+        match fstatat(&dir_fd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if identity(&st) == old => {}
+            Ok(_) => bail!(
+                "{} was replaced by something else while importing: not replacing it",
+                target.display()
+            ),
+            Err(Errno::ENOENT) => {}
+            Err(e) => bail!("cannot look at {}: {}", target.display(), e.desc()),
+        }
         match renameat2(
             &dir_fd,
             temp.name.as_str(),
@@ -457,14 +784,14 @@ fn import(
             ),
         }
     } else {
-        // The old tree is now at the temporary name: remove it.
-        let old = temp.path();
+        // The old tree is now at the temporary name: remove it, if it is
+        // still the one checked above.
+        let old_path = temp.path();
         temp.disarm();
-        if let Err(e) = std::fs::remove_dir_all(&old) {
+        if let Err(e) = remove_tree(&dir_fd, &temp.name, &old_path, old) {
             tracing::warn!(
-                "the old tree, moved to {}, could not be removed: {} (the next import of \"{name}\" removes it)",
-                old.display(),
-                os_error(&e)
+                "the old tree, moved to {}, was not removed: {e:#} (the next import of \"{name}\" removes it)",
+                old_path.display(),
             );
         }
     }
@@ -476,6 +803,25 @@ fn import(
     })
 }
 
+/// The SHA-256 of the `len` bytes of a file, read from where it is.
+fn hash_file(fd: &OwnedFd, len: u64, signals: &Signals) -> anyhow::Result<[u8; 32]> {
+    let progress = Progress::new(Some(len), "verifying");
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        signals.check()?;
+        let n = match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => bail!("reading the tarball: {}", e.desc()),
+        };
+        hasher.update(&buf[..n]);
+        progress.0.inc(n as u64);
+    }
+    Ok(hasher.finalize().into())
+}
+
 /// The machine name a temporary directory was made for, if it is one.
 fn leftover_of(file_name: &str) -> Option<&str> {
     let rest = file_name.strip_prefix(TEMP_PREFIX)?;
@@ -485,22 +831,25 @@ fn leftover_of(file_name: &str) -> Option<&str> {
 
 /// Remove what interrupted imports of `name` left (the caller holds the
 /// name lock, so no import of it runs).
-fn remove_leftovers(dir: &Path, name: &MachineName) {
+fn remove_leftovers(dir: &Path, dir_fd: &OwnedFd, name: &MachineName) {
     let Ok(list) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in list.flatten() {
         let file_name = entry.file_name();
-        if leftover_of(&file_name.to_string_lossy()) != Some(name.as_str()) {
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if leftover_of(file_name) != Some(name.as_str()) {
             continue;
         }
         let path = entry.path();
-        match std::fs::remove_dir_all(&path) {
+        match remove_tree(dir_fd, file_name, &path, None) {
             Ok(()) => tracing::info!(
                 "removed {}, left by an interrupted import of \"{name}\"",
                 path.display()
             ),
-            Err(e) => tracing::warn!("cannot remove {}: {}", path.display(), os_error(&e)),
+            Err(e) => tracing::warn!("{e:#}"),
         }
     }
 }
@@ -509,6 +858,7 @@ fn remove_leftovers(dir: &Path, name: &MachineName) {
 /// unless disarmed.
 struct TempTree {
     dir: PathBuf,
+    dir_fd: OwnedFd,
     name: String,
     armed: bool,
 }
@@ -529,6 +879,7 @@ impl TempTree {
                 Ok(()) => {
                     return Ok(TempTree {
                         dir: dir.to_path_buf(),
+                        dir_fd: dir_fd.try_clone().context("duplicating a descriptor")?,
                         name: temp,
                         armed: true,
                     })
@@ -562,10 +913,8 @@ impl TempTree {
 impl Drop for TempTree {
     fn drop(&mut self) {
         if self.armed {
-            if let Err(e) = std::fs::remove_dir_all(self.path()) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!("cannot remove {}: {}", self.path().display(), os_error(&e));
-                }
+            if let Err(e) = remove_tree(&self.dir_fd, &self.name, &self.path(), None) {
+                tracing::warn!("{e:#}");
             }
         }
     }
@@ -656,11 +1005,15 @@ const MAX_EXTENSION: u64 = 16 << 20;
 /// and all global (g) headers together.
 const MAX_EXTENSIONS_PER_ENTRY: u64 = 16 << 20;
 const MAX_GLOBAL: u64 = 1 << 20;
+/// The most regions a sparse file's map may list (16 bytes each in
+/// memory): GNU tar writes one per run of data, and a file needing more is
+/// better imported whole.
+pub const MAX_SPARSE_REGIONS: usize = 1 << 20;
 /// The xz decoder's memory limit (xz -9 needs 65 MiB).
 const XZ_MEMLIMIT: u64 = 256 << 20;
 
 /// One entry of the stream; its data (`size` bytes) is read next.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct TarEntry {
     pub path: Vec<u8>,
     pub link: Vec<u8>,
@@ -685,8 +1038,9 @@ pub struct TarStream<R> {
     /// Data of the current entry not read yet, and its padding.
     left: u64,
     pad: u64,
-    /// PAX global records ('g'), under every later entry's own.
-    global: Vec<(String, Vec<u8>)>,
+    /// PAX global records ('g'), under every later entry's own; a later
+    /// global header's record replaces an earlier one of the same key.
+    global: std::collections::BTreeMap<String, Vec<u8>>,
     /// The bytes of all global headers read (bounded by MAX_GLOBAL).
     global_bytes: u64,
     /// Headers read, and bytes (for messages).
@@ -707,7 +1061,7 @@ fn number(field: &[u8]) -> Result<u64, String> {
                 .and_then(|v| v.checked_add(u64::from(*b)))
                 .ok_or("a number too large")?;
         }
-        return Ok(v);
+        return below_i64(v);
     }
     let text = field
         .iter()
@@ -722,6 +1076,15 @@ fn number(field: &[u8]) -> Result<u64, String> {
             .checked_mul(8)
             .and_then(|v| v.checked_add(u64::from(b - b'0')))
             .ok_or("a number too large")?;
+    }
+    below_i64(v)
+}
+
+/// Sizes, offsets and times are off_t and time_t: a number above i64::MAX
+/// would turn negative on the way to the kernel.
+fn below_i64(v: u64) -> Result<u64, String> {
+    if v > i64::MAX as u64 {
+        return Err("a number too large".into());
     }
     Ok(v)
 }
@@ -759,6 +1122,7 @@ fn record_number(value: &[u8]) -> Result<u64, String> {
     std::str::from_utf8(value)
         .ok()
         .and_then(|s| s.trim().parse().ok())
+        .filter(|n| *n <= i64::MAX as u64)
         .ok_or_else(|| format!("a bad number {} in a PAX record", show(value)))
 }
 
@@ -768,7 +1132,7 @@ impl<R: Read> TarStream<R> {
             r,
             left: 0,
             pad: 0,
-            global: Vec::new(),
+            global: Default::default(),
             global_bytes: 0,
             headers: 0,
             pos: 0,
@@ -819,7 +1183,11 @@ impl<R: Read> TarStream<R> {
     /// The next entry, after the extension headers that describe it; None
     /// at the end-of-archive block.
     pub fn next_entry(&mut self) -> anyhow::Result<Option<TarEntry>> {
-        self.skip(self.left + self.pad).map_err(read_error)?;
+        let rest = self
+            .left
+            .checked_add(self.pad)
+            .ok_or_else(|| anyhow!("an entry's size is too large"))?;
+        self.skip(rest).map_err(read_error)?;
         self.left = 0;
         self.pad = 0;
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
@@ -862,8 +1230,9 @@ impl<R: Read> TarStream<R> {
             match h[156] {
                 b'x' => pax.extend(parse_pax(&self.extension(size)?).map_err(|e| anyhow!(e))?),
                 b'g' => {
+                    // By key: a stream of global headers replaces in
+                    // O(log n) each, not a scan of all the earlier ones.
                     let records = parse_pax(&self.extension(size)?).map_err(|e| anyhow!(e))?;
-                    self.global.retain(|(k, _)| !records.iter().any(|(r, _)| r == k));
                     self.global.extend(records);
                 }
                 b'L' => long_name = Some(until_nul(&self.extension(size)?).to_vec()),
@@ -925,11 +1294,20 @@ impl<R: Read> TarStream<R> {
             }
             e.sparse = Some((self.gnu_sparse_map(h)?, field("real size", 483..495)?));
         }
-        // PAX records: the global ones first, the entry's own over them.
-        let records: Vec<(String, Vec<u8>)> = self.global.iter().cloned().chain(local).collect();
+        // PAX records: the global ones first, the entry's own over them
+        // (borrowed: the global ones are not copied for every entry).
+        let global = self.global.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+        let records = global.chain(local.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
         let mut sparse = (None, None, None, Vec::new(), None::<Vec<u8>>);
+        let sparse_number = |value: &[u8], numbers: &Vec<u64>| -> anyhow::Result<u64> {
+            if numbers.len() >= 2 * MAX_SPARSE_REGIONS {
+                bail!("a PAX sparse map of more than {MAX_SPARSE_REGIONS} regions, more than berth reads");
+            }
+            record_number(value).map_err(|s| anyhow!(s))
+        };
         for (key, value) in records {
-            match key.as_str() {
+            let value = value.to_vec();
+            match key {
                 "path" => e.path = value,
                 "linkpath" => e.link = value,
                 "size" => e.size = record_number(&value).map_err(|s| anyhow!(s))?,
@@ -946,11 +1324,13 @@ impl<R: Read> TarStream<R> {
                     sparse.2 = Some(record_number(&value).map_err(|s| anyhow!(s))?)
                 }
                 "GNU.sparse.offset" | "GNU.sparse.numbytes" => {
-                    sparse.3.push(record_number(&value).map_err(|s| anyhow!(s))?)
+                    let n = sparse_number(&value, &sparse.3)?;
+                    sparse.3.push(n)
                 }
                 "GNU.sparse.map" => {
-                    for n in lossy(&value).split(',') {
-                        sparse.3.push(record_number(n.as_bytes()).map_err(|s| anyhow!(s))?);
+                    for n in value.split(|b| *b == b',') {
+                        let n = sparse_number(n, &sparse.3)?;
+                        sparse.3.push(n);
                     }
                 }
                 "GNU.sparse.name" => sparse.4 = Some(value),
@@ -979,14 +1359,17 @@ impl<R: Read> TarStream<R> {
                 }
                 (major, minor) => bail!(
                     "a PAX sparse format {}.{} berth does not read",
-                    major.unwrap_or("?"),
-                    minor.unwrap_or("?")
+                    show(major.unwrap_or("?").as_bytes()),
+                    show(minor.unwrap_or("?").as_bytes())
                 ),
             };
             if map.is_empty() && sparse.0.is_none() {
                 bail!("a PAX sparse entry without a map");
             }
             e.sparse = Some((map, real));
+        }
+        if let Some((map, real)) = &e.sparse {
+            check_sparse_map(map, *real).map_err(|why| anyhow!("entry {}: {why}", show(&e.path)))?;
         }
         Ok(e)
     }
@@ -1006,7 +1389,13 @@ impl<R: Read> TarStream<R> {
         };
         push(&h[386..482], 4)?;
         let mut extended = h[482] != 0;
+        let mut blocks = 0;
         while extended {
+            // 21 regions a block: as many blocks as MAX_SPARSE_REGIONS needs.
+            blocks += 1;
+            if blocks > MAX_SPARSE_REGIONS / 21 + 1 {
+                bail!("a GNU sparse map of more than {MAX_SPARSE_REGIONS} regions, more than berth reads");
+            }
             let mut b = [0u8; BLOCK];
             if !self.fill(&mut b).map_err(read_error)? {
                 bail!("it is cut short: a truncated tarball?");
@@ -1023,7 +1412,8 @@ impl<R: Read> TarStream<R> {
         let mut text = Vec::new();
         let mut numbers = Vec::new();
         let mut want = None;
-        while want.is_none_or(|w| numbers.len() < 1 + 2 * w) {
+        // 1 + 2 * COUNT numbers: COUNT is checked before it is used.
+        while want.is_none_or(|w: usize| numbers.len() < 1 + 2 * w) {
             let mut b = [0u8; BLOCK];
             if self.left < BLOCK as u64 || !self.fill(&mut b).map_err(read_error)? {
                 bail!("entry {}: a sparse map longer than its data", show(&e.path));
@@ -1035,7 +1425,23 @@ impl<R: Read> TarStream<R> {
                 text.drain(..=nl);
                 numbers.push(n);
                 if want.is_none() {
+                    // Each region takes at least 4 bytes of the data
+                    // ("0\n0\n"): a count the data cannot hold is a lie,
+                    // and reserving for it would be the tarball's choice.
+                    let fits = (self.left + text.len() as u64) / 4;
+                    if n > fits || n > MAX_SPARSE_REGIONS as u64 {
+                        bail!(
+                            "entry {}: a sparse map of {n} regions, more than {}",
+                            show(&e.path),
+                            if n > fits {
+                                "its data can hold".to_string()
+                            } else {
+                                format!("berth reads ({MAX_SPARSE_REGIONS})")
+                            }
+                        );
+                    }
                     want = Some(n as usize);
+                    numbers.reserve(2 * n as usize);
                 }
                 if want.is_some_and(|w| numbers.len() == 1 + 2 * w) {
                     break;
@@ -1046,7 +1452,10 @@ impl<R: Read> TarStream<R> {
             }
         }
         self.pad = padding(self.left);
-        Ok(numbers[1..].chunks(2).map(|c| (c[0], c[1])).collect())
+        let map: Vec<(u64, u64)> = numbers[1..].chunks(2).map(|c| (c[0], c[1])).collect();
+        let real = e.sparse.as_ref().map_or(0, |s| s.1);
+        check_sparse_map(&map, real).map_err(|why| anyhow!("entry {}: {why}", show(&e.path)))?;
+        Ok(map)
     }
 
     /// Read data of the current entry.
@@ -1068,6 +1477,19 @@ impl<R: Read> TarStream<R> {
     pub fn into_inner(self) -> R {
         self.r
     }
+}
+
+/// A sparse map's regions lie within the file's real size (which is no
+/// more than i64::MAX, as every number read is).
+fn check_sparse_map(map: &[(u64, u64)], real: u64) -> Result<(), String> {
+    for (offset, len) in map {
+        if offset.checked_add(*len).is_none_or(|end| end > real) {
+            return Err(format!(
+                "a sparse map region of {len} bytes at {offset}, beyond its size {real}: refused"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn padding(size: u64) -> u64 {
@@ -1119,6 +1541,7 @@ pub fn sniff(head: &[u8]) -> anyhow::Result<Compression> {
 /// Extract the stream into the directory `root_fd` (shown as `shown`);
 /// returns the number of entries.
 fn extract(input: &mut Input<'_>, root_fd: &OwnedFd, shown: &Path, progress: &Progress) -> anyhow::Result<u64> {
+    let signals = input.signals;
     // The first bytes say the compression; they are read again after.
     let mut head = Vec::with_capacity(8);
     while head.len() < 6 {
@@ -1156,7 +1579,7 @@ fn extract(input: &mut Input<'_>, root_fd: &OwnedFd, shown: &Path, progress: &Pr
         )),
     };
     let mut stream = TarStream::new(decoded);
-    let mut x = Extractor::new(root_fd, shown);
+    let mut x = Extractor::new(root_fd, shown, signals);
     while let Some(entry) = stream.next_entry()? {
         x.entry(&entry, &mut stream)?;
         progress.entries(x.entries);
@@ -1210,6 +1633,14 @@ pub fn climbs_out(target: &[u8], depth: usize) -> bool {
     false
 }
 
+/// The name of a character device left out of an imported tree.
+pub fn skipped_char_device(major: u64, minor: u64) -> Option<&'static str> {
+    SKIPPED_CHAR_DEVICES
+        .iter()
+        .find(|(a, b, _)| (*a, *b) == (major, minor))
+        .map(|(_, _, n)| *n)
+}
+
 /// Whether a character device may be in an imported tree.
 pub fn allowed_char_device(major: u64, minor: u64) -> bool {
     ALLOWED_CHAR_DEVICES.iter().any(|(a, b, _)| (*a, *b) == (major, minor))
@@ -1252,10 +1683,76 @@ fn kind_of(st: &FileStat) -> SFlag {
 /// An ACL given as text with user or group names, resolved at the end
 /// through the tree's own /etc/passwd and /etc/group.
 struct PendingAcl {
-    path: Vec<u8>,
     shown: String,
-    xattr: &'static str,
     entries: Vec<AclEntry>,
+}
+
+/// The most the ACLs waiting for the tree's passwd and group may hold
+/// (GNU tar writes the xattr form as well, which needs no waiting: only a
+/// tarball of ACL text alone has any).
+pub const MAX_PENDING_ACLS: usize = 4 << 20;
+
+/// ACLs with names, by (path, xattr): the last entry of a path wins, and
+/// their memory is counted and capped.
+#[derive(Default)]
+pub struct PendingAcls {
+    acls: HashMap<(Vec<u8>, &'static str), PendingAcl>,
+    bytes: usize,
+}
+
+impl PendingAcls {
+    fn cost(path: &[u8], acl: &PendingAcl) -> usize {
+        let names: usize = acl
+            .entries
+            .iter()
+            .map(|e| match &e.qualifier {
+                Qualifier::Name(n) => n.len(),
+                _ => 0,
+            })
+            .sum();
+        path.len() + acl.shown.len() + names + acl.entries.len() * std::mem::size_of::<AclEntry>() + 64
+    }
+
+    /// Keep `entries` for `path`, in place of what it had; an error when
+    /// the total would pass MAX_PENDING_ACLS.
+    pub fn insert(
+        &mut self,
+        path: Vec<u8>,
+        shown: String,
+        xattr: &'static str,
+        entries: Vec<AclEntry>,
+    ) -> Result<(), String> {
+        self.remove(&path, xattr);
+        let acl = PendingAcl { shown, entries };
+        let cost = Self::cost(&path, &acl);
+        if self.bytes + cost > MAX_PENDING_ACLS {
+            return Err(format!(
+                "ACLs naming users or groups (resolved at the end, in the tree's /etc/passwd and /etc/group) add up to more than {MAX_PENDING_ACLS} bytes, more than berth keeps"
+            ));
+        }
+        self.bytes += cost;
+        self.acls.insert((path, xattr), acl);
+        Ok(())
+    }
+
+    /// Forget what `path` had (a later entry of that name replaced it).
+    pub fn remove(&mut self, path: &[u8], xattr: &'static str) {
+        if let Some(old) = self.acls.remove(&(path.to_vec(), xattr)) {
+            self.bytes -= Self::cost(path, &old);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.acls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.acls.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 struct Extractor<'a> {
@@ -1263,12 +1760,19 @@ struct Extractor<'a> {
     shown: &'a Path,
     /// The last parent directory used, by its normalized path.
     cache: Option<(Vec<u8>, OwnedFd)>,
-    /// Directories' mtimes, set at the end (creating entries changes them).
-    dir_times: Vec<(Vec<u8>, TimeSpec)>,
-    root_mtime: Option<TimeSpec>,
-    pending_acls: Vec<PendingAcl>,
+    signals: &'a Signals,
+    /// Directories' mtimes, set at the end (creating entries changes
+    /// them), by path: a directory named again keeps one, the last.
+    dir_times: HashMap<Vec<u8>, TimeSpec>,
+    /// The tree root's own entry ("./"), applied at the end: until then
+    /// the root stays root's and 0700, so that whatever mode or ACL the
+    /// tarball gives it, nobody else can reach the tree while it is made.
+    root_entry: Option<(TarEntry, Owner)>,
+    pending_acls: PendingAcls,
     /// Extended attributes not imported, each said once.
     skipped_xattrs: std::collections::HashSet<String>,
+    /// Device nodes left out, each kind said once.
+    skipped_devices: std::collections::HashSet<&'static str>,
     buf: Vec<u8>,
     entries: u64,
 }
@@ -1276,6 +1780,7 @@ struct Extractor<'a> {
 type Fail<'s> = dyn Fn(String) -> anyhow::Error + 's;
 
 /// What an entry's header says about its inode, checked.
+#[derive(Clone, Copy)]
 struct Owner {
     uid: Uid,
     gid: Gid,
@@ -1284,21 +1789,26 @@ struct Owner {
 }
 
 impl<'a> Extractor<'a> {
-    fn new(root: &'a OwnedFd, shown: &'a Path) -> Self {
+    fn new(root: &'a OwnedFd, shown: &'a Path, signals: &'a Signals) -> Self {
         Extractor {
             root,
             shown,
             cache: None,
-            dir_times: Vec::new(),
-            root_mtime: None,
-            pending_acls: Vec::new(),
+            signals,
+            dir_times: HashMap::new(),
+            root_entry: None,
+            pending_acls: PendingAcls::default(),
             skipped_xattrs: Default::default(),
+            skipped_devices: Default::default(),
             buf: vec![0; BUF_SIZE],
             entries: 0,
         }
     }
 
     fn entry<R: Read>(&mut self, e: &TarEntry, stream: &mut TarStream<R>) -> anyhow::Result<()> {
+        // Decompressed data can come without a read of the input (where
+        // signals are checked otherwise): check them for every entry.
+        self.signals.check()?;
         self.entries += 1;
         let shown = show(&e.path);
         let fail = |why: String| anyhow!("entry {shown}: {why}");
@@ -1319,10 +1829,18 @@ impl<'a> Extractor<'a> {
             if !is_dir {
                 return Err(fail("it names the tree's root, but is not a directory".into()));
             }
-            let root = self.root.try_clone().context("duplicating a descriptor")?;
-            self.apply_fd(&root, e, &owner, &fail)?;
-            self.root_mtime = Some(owner.mtime);
+            // A later "./" replaces an earlier one, as for any entry.
+            let mut kept = e.clone();
+            kept.sparse = None;
+            self.root_entry = Some((kept, owner));
             return Ok(());
+        }
+        // What named ACLs an earlier entry of this name left are not this one's.
+        if !self.pending_acls.is_empty() {
+            let key = join(&parts);
+            for xattr in ["system.posix_acl_access", "system.posix_acl_default"] {
+                self.pending_acls.remove(&key, xattr);
+            }
         }
         let depth = parts.len() - 1;
         let name = parts[depth];
@@ -1483,7 +2001,7 @@ impl<'a> Extractor<'a> {
             let fd = beneath(parent.as_fd(), name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                 .map_err(|e| sys("opening it", e))?;
             self.apply_fd(&fd, e, owner, fail)?;
-            self.dir_times.push((join(parts), owner.mtime));
+            self.dir_times.insert(join(parts), owner.mtime);
             // Its entries likely come next.
             self.cache = Some((join(parts), fd));
             return Ok(());
@@ -1524,6 +2042,18 @@ impl<'a> Extractor<'a> {
                 let (sflag, dev) = match e.typeflag {
                     b'6' => (SFlag::S_IFIFO, 0),
                     b'4' => return Err(fail(format!("block device {}:{}: refused", e.major, e.minor))),
+                    _ if skipped_char_device(e.major, e.minor).is_some() => {
+                        let what = skipped_char_device(e.major, e.minor).expect("just found");
+                        if self.skipped_devices.insert(what) {
+                            tracing::info!(
+                                "not importing the character device {} ({what} {}:{}, and any other): berth gives machines their own /dev",
+                                show(&e.path),
+                                e.major,
+                                e.minor
+                            );
+                        }
+                        return Ok(());
+                    }
                     _ if !allowed_char_device(e.major, e.minor) => {
                         return Err(fail(format!(
                             "character device {}:{}: refused (allowed: {})",
@@ -1552,16 +2082,18 @@ impl<'a> Extractor<'a> {
         file: &mut File,
         fail: &Fail<'_>,
     ) -> anyhow::Result<()> {
-        let regions = match &e.sparse {
-            Some((map, _)) => map.clone(),
-            None => vec![(0, e.size)],
+        let whole = [(0, e.size)];
+        let regions: &[(u64, u64)] = match &e.sparse {
+            Some((map, _)) => map,
+            None => &whole,
         };
         let write_err = |err: io::Error| fail(format!("writing it: {}", os_error(&err)));
-        for (offset, mut len) in regions {
+        for &(offset, mut len) in regions {
             if e.sparse.is_some() {
                 file.seek(io::SeekFrom::Start(offset)).map_err(write_err)?;
             }
             while len > 0 {
+                self.signals.check()?;
                 let max = self.buf.len().min(len.min(usize::MAX as u64) as usize);
                 let n = stream.read_data(&mut self.buf[..max]).map_err(read_error)?;
                 if n == 0 {
@@ -1668,15 +2200,21 @@ impl<'a> Extractor<'a> {
             // layer, as Volatile=overlay makes the tree) and security.*
             // labels are the host's policy's: never set from a tarball.
             if !importable_xattr(name) {
-                if self.skipped_xattrs.insert(name.clone()) {
+                if self.skipped_xattrs.len() < 64 && self.skipped_xattrs.insert(name.clone()) {
                     tracing::info!(
-                        "not importing the extended attribute {name} (only user.*, ACLs and security.capability are)"
+                        "not importing the extended attribute {} (only user.*, ACLs and security.capability are)",
+                        show(name.as_bytes())
                     );
                 }
                 continue;
             }
-            crate::sys::set_xattr(&path, name, value)
-                .map_err(|err| fail(format!("setting its extended attribute {name}: {}", os_error(&err))))?;
+            crate::sys::set_xattr(&path, name, value).map_err(|err| {
+                fail(format!(
+                    "setting its extended attribute {}: {}",
+                    show(name.as_bytes()),
+                    os_error(&err)
+                ))
+            })?;
         }
         for (xattr, text) in &e.acl_text {
             if e.xattrs.iter().any(|(n, _)| n == xattr) {
@@ -1685,12 +2223,9 @@ impl<'a> Extractor<'a> {
             let entries = parse_acl_text(text).map_err(|why| fail(format!("its ACL {text:?}: {why}")))?;
             if entries.iter().any(|a| matches!(a.qualifier, Qualifier::Name(_))) {
                 let parts = normalize(&e.path).unwrap_or_default();
-                self.pending_acls.push(PendingAcl {
-                    path: join(&parts),
-                    shown: show(&e.path),
-                    xattr,
-                    entries,
-                });
+                self.pending_acls
+                    .insert(join(&parts), show(&e.path), xattr, entries)
+                    .map_err(fail)?;
                 continue;
             }
             let value = acl_to_xattr(&entries, |_, _| None).expect("no names");
@@ -1700,8 +2235,18 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    /// After the last entry: ACLs with names, then directory mtimes.
+    /// After the last entry: the root's own entry, ACLs with names, then
+    /// directory mtimes.
     fn finish(&mut self) -> anyhow::Result<()> {
+        let root_mtime = match self.root_entry.take() {
+            Some((e, owner)) => {
+                let fail = |why: String| anyhow!("entry {}: {why}", show(&e.path));
+                let root = self.root.try_clone().context("duplicating a descriptor")?;
+                self.apply_fd(&root, &e, &owner, &fail)?;
+                Some(owner.mtime)
+            }
+            None => None,
+        };
         if !self.pending_acls.is_empty() {
             let tree = InRoot::from_fd(
                 self.root.try_clone().context("duplicating a descriptor")?,
@@ -1709,7 +2254,8 @@ impl<'a> Extractor<'a> {
             );
             let users = id_map(&tree, "/etc/passwd");
             let groups = id_map(&tree, "/etc/group");
-            for acl in std::mem::take(&mut self.pending_acls) {
+            for ((path, xattr), acl) in std::mem::take(&mut self.pending_acls).acls {
+                self.signals.check()?;
                 let fail = |why: String| anyhow!("entry {}: {why}", acl.shown);
                 let value = acl_to_xattr(&acl.entries, |user, name| {
                     if user { users.get(name) } else { groups.get(name) }.copied()
@@ -1717,22 +2263,24 @@ impl<'a> Extractor<'a> {
                 .map_err(|(user, name)| {
                     let (what, file) = if user { ("user", "passwd") } else { ("group", "group") };
                     fail(format!(
-                        "its ACL names the {what} \"{name}\", which the tree's /etc/{file} does not list"
+                        "its ACL names the {what} {}, which the tree's /etc/{file} does not list",
+                        show(name.as_bytes())
                     ))
                 })?;
-                let fd = beneath(self.root.as_fd(), &acl.path, OFlag::O_PATH)
+                let fd = beneath(self.root.as_fd(), &path, OFlag::O_PATH)
                     .map_err(|e| fail(format!("opening it: {}", e.desc())))?;
-                crate::sys::set_xattr(&fd_path(fd.as_fd()), acl.xattr, &value)
-                    .map_err(|e| fail(format!("setting its ACL ({}): {}", acl.xattr, os_error(&e))))?;
+                crate::sys::set_xattr(&fd_path(fd.as_fd()), xattr, &value)
+                    .map_err(|e| fail(format!("setting its ACL ({xattr}): {}", os_error(&e))))?;
             }
         }
         for (path, mtime) in std::mem::take(&mut self.dir_times) {
+            self.signals.check()?;
             let fd = beneath(self.root.as_fd(), &path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                 .map_err(|e| anyhow!("entry {}: opening it: {}", show(&path), e.desc()))?;
             futimens(&fd, &TimeSpec::UTIME_OMIT, &mtime)
                 .map_err(|e| anyhow!("entry {}: setting its mtime: {}", show(&path), e.desc()))?;
         }
-        match self.root_mtime {
+        match root_mtime {
             Some(mtime) => futimens(self.root, &TimeSpec::UTIME_OMIT, &mtime),
             // No entry for the root: the usual mode of a tree's root.
             None => fchmod(self.root, Mode::from_bits_truncate(0o755)),
@@ -1757,7 +2305,7 @@ pub fn parse_pax_time(value: &[u8]) -> Option<(i64, i64)> {
     }
     let nanos: i64 = digits.parse().ok()?;
     Some(if negative && nanos > 0 {
-        (secs - 1, 1_000_000_000 - nanos)
+        (secs.checked_sub(1)?, 1_000_000_000 - nanos)
     } else {
         (secs, nanos)
     })
@@ -1828,7 +2376,7 @@ pub fn parse_acl_text(text: &str) -> Result<Vec<AclEntry>, String> {
         }
         let fields: Vec<&str> = item.split(':').map(str::trim).collect();
         if fields.len() < 3 || fields.len() > 4 {
-            return Err(format!("bad entry \"{item}\""));
+            return Err(format!("bad entry {item:?}"));
         }
         let named = !fields[1].is_empty();
         let tag = match (fields[0], named) {
@@ -1838,7 +2386,7 @@ pub fn parse_acl_text(text: &str) -> Result<Vec<AclEntry>, String> {
             ("group" | "g", true) => ACL_GROUP,
             ("mask" | "m", false) => ACL_MASK,
             ("other" | "o", false) => ACL_OTHER,
-            _ => return Err(format!("bad entry \"{item}\"")),
+            _ => return Err(format!("bad entry {item:?}")),
         };
         let mut perm = 0;
         for c in fields[2].chars() {
@@ -1847,7 +2395,7 @@ pub fn parse_acl_text(text: &str) -> Result<Vec<AclEntry>, String> {
                 'w' => 2,
                 'x' => 1,
                 '-' => 0,
-                _ => return Err(format!("bad permissions in \"{item}\"")),
+                _ => return Err(format!("bad permissions in {item:?}")),
             };
         }
         let qualifier = if !named {
@@ -1987,9 +2535,12 @@ impl Drop for TempFile {
 }
 
 fn export(args: &ExportTarArgs, name: &MachineName, stdout: bool, signals: &Signals) -> anyhow::Result<(u64, u64)> {
-    let tree = machines_dir().join(name.as_str());
-    let root = nix::fcntl::open(
-        &tree,
+    let dir = machines_dir(args.machines_dir.as_deref());
+    let dir_fd = open_machines_dir(&dir)?;
+    let tree = dir.join(name.as_str());
+    let root = nix::fcntl::openat(
+        &dir_fd,
+        name.as_str(),
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
@@ -2171,6 +2722,20 @@ impl Read for Exact<'_> {
     }
 }
 
+/// Open the regular file `at` in `dir` that fstatat saw as `st`, to read
+/// it: O_NONBLOCK, so that a FIFO or device put there since (a running
+/// machine's root may) does not block or act on open, and the inode's type
+/// and identity checked on the descriptor before a byte is read.
+pub fn open_regular(dir: &OwnedFd, at: &Path, st: &FileStat) -> Result<OwnedFd, String> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = openat(dir, at, flags, Mode::empty()).map_err(|e| format!("opening it: {}", e.desc()))?;
+    let now = fstat(&fd).map_err(|e| e.desc().to_string())?;
+    if kind_of(&now) != SFlag::S_IFREG || (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+        return Err("it changed while berth read it".into());
+    }
+    Ok(fd)
+}
+
 impl Walker<'_> {
     fn walk<W: Write>(&mut self, b: &mut tar::Builder<W>, dir: &OwnedFd, prefix: &[u8]) -> anyhow::Result<()> {
         let mut names: Vec<Vec<u8>> = Vec::new();
@@ -2272,13 +2837,7 @@ impl Walker<'_> {
         let (fd, file) = match (kind, at) {
             (_, None) => (dir.try_clone().context("duplicating a descriptor")?, None),
             (SFlag::S_IFREG, Some(at)) => {
-                let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-                let fd =
-                    openat(dir, at, flags, Mode::empty()).map_err(|e| fail(format!("opening it: {}", e.desc())))?;
-                let now = fstat(&fd).map_err(|e| fail(e.desc().into()))?;
-                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
-                    return Err(fail("it changed while berth read it".into()));
-                }
+                let fd = open_regular(dir, at, st).map_err(fail)?;
                 (fd.try_clone()?, Some(File::from(fd)))
             }
             (_, Some(at)) => {
@@ -2351,8 +2910,13 @@ impl Walker<'_> {
             let Ok(name) = String::from_utf8(n) else {
                 return Err(fail("an extended attribute's name is not UTF-8".into()));
             };
-            let Some(value) = crate::sys::get_xattr(&path, &name)
-                .map_err(|e| fail(format!("reading its extended attribute {name}: {}", os_error(&e))))?
+            let Some(value) = crate::sys::get_xattr(&path, &name).map_err(|e| {
+                fail(format!(
+                    "reading its extended attribute {}: {}",
+                    show(name.as_bytes()),
+                    os_error(&e)
+                ))
+            })?
             else {
                 continue;
             };
@@ -2448,9 +3012,144 @@ mod tests {
     #[test]
     fn devices() {
         assert!(allowed_char_device(1, 3));
-        assert!(allowed_char_device(10, 200));
+        assert!(!allowed_char_device(10, 200));
+        assert!(!allowed_char_device(5, 1));
+        assert!(!allowed_char_device(5, 2));
+        assert_eq!(skipped_char_device(5, 1), Some("console"));
+        assert_eq!(skipped_char_device(5, 2), Some("ptmx"));
+        assert_eq!(skipped_char_device(10, 200), Some("net/tun"));
+        assert_eq!(skipped_char_device(1, 3), None);
         assert!(!allowed_char_device(1, 1));
         assert!(!allowed_char_device(8, 0));
+    }
+
+    #[test]
+    fn pending_acls_are_kept_once_per_path_and_capped() {
+        let named = |n: usize| {
+            parse_acl_text(&format!(
+                "user::rw-,user:{}:r--,group::r--,mask::r--,other::---",
+                "u".repeat(n)
+            ))
+            .unwrap()
+        };
+        let mut p = PendingAcls::default();
+        // The same path again and again: one kept, the last.
+        for _ in 0..1000 {
+            p.insert(
+                b"srv/f".to_vec(),
+                "\"srv/f\"".into(),
+                "system.posix_acl_access",
+                named(1000),
+            )
+            .unwrap();
+        }
+        let one = p.bytes();
+        assert_eq!(p.len(), 1);
+        assert!(one > 1000 && one < 2000, "{one}");
+        p.insert(
+            b"srv/f".to_vec(),
+            "\"srv/f\"".into(),
+            "system.posix_acl_default",
+            named(1000),
+        )
+        .unwrap();
+        assert_eq!((p.len(), p.bytes()), (2, 2 * one));
+        p.remove(b"srv/f", "system.posix_acl_default");
+        assert_eq!((p.len(), p.bytes()), (1, one));
+        // Many paths: refused past the cap.
+        let mut i = 0;
+        let err = loop {
+            match p.insert(
+                format!("srv/{i}").into_bytes(),
+                String::new(),
+                "system.posix_acl_access",
+                named(100_000),
+            ) {
+                Ok(()) => i += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(i, MAX_PENDING_ACLS / 100_100);
+        assert!(p.bytes() <= MAX_PENDING_ACLS);
+        assert_eq!(err, format!("ACLs naming users or groups (resolved at the end, in the tree's /etc/passwd and /etc/group) add up to more than {MAX_PENDING_ACLS} bytes, more than berth keeps"));
+    }
+
+    #[test]
+    fn export_opens_a_fifo_put_in_place_of_a_file_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "data").unwrap();
+        let dfd = nix::fcntl::open(dir.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let st = fstatat(&dfd, "f", AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+        assert!(open_regular(&dfd, Path::new("f"), &st).is_ok());
+        // Swapped for a FIFO with no writer: an open without O_NONBLOCK
+        // would wait for one forever.
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("f"), Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || tx.send(open_regular(&dfd, Path::new("f"), &st).err()));
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("open_regular blocked on a FIFO");
+        assert_eq!(got.as_deref(), Some("it changed while berth read it"));
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn mounts_at_or_below_a_tree_are_found_escaped_names_too() {
+        let table = b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+            30 22 0:5 / /var/lib/machines/web/proc rw - proc proc rw\n\
+            31 22 0:6 / /var/lib/machines/a\\040b rw - tmpfs tmpfs rw\n\
+            32 22 0:7 / /var/lib/machines/webby rw - tmpfs tmpfs rw\n";
+        let find = |t: &str| mounts_at_or_under(table, t.as_bytes()).map(|m| String::from_utf8(m).unwrap());
+        assert_eq!(
+            find("/var/lib/machines/web").as_deref(),
+            Some("/var/lib/machines/web/proc")
+        );
+        assert_eq!(
+            find("/var/lib/machines/web/").as_deref(),
+            Some("/var/lib/machines/web/proc")
+        );
+        assert_eq!(find("/var/lib/machines/a b").as_deref(), Some("/var/lib/machines/a b"));
+        assert_eq!(find("/var/lib/machines/webb"), None);
+        assert_eq!(find("/var/lib/machines/x"), None);
+        assert_eq!(find("/").as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn remove_tree_removes_deep_trees_and_only_what_was_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "keep").unwrap();
+        let mut deep = dir.path().join("t");
+        for i in 0..(3 * OPEN_LEVELS) {
+            deep.push(format!("d{i}"));
+            std::fs::create_dir_all(&deep).unwrap();
+            std::fs::write(deep.join("f"), "x").unwrap();
+            std::os::unix::fs::symlink(&outside, deep.join("l")).unwrap();
+            std::fs::create_dir(deep.join("side")).unwrap();
+        }
+        let dfd = nix::fcntl::open(dir.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        remove_tree(&dfd, "t", &dir.path().join("t"), None).unwrap();
+        assert!(!dir.path().join("t").exists());
+        assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
+
+        // Replaced since it was checked: left alone.
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        let st = fstatat(&dfd, "a", AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+        std::fs::rename(dir.path().join("b"), dir.path().join("a")).unwrap();
+        let shown = dir.path().join("a");
+        assert_eq!(
+            remove_tree(&dfd, "a", &shown, Some(identity(&st)))
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "{} is not the one berth checked (it was replaced meanwhile): not removing it",
+                shown.display()
+            )
+        );
+        assert!(shown.exists());
     }
 
     #[test]
@@ -2618,6 +3317,203 @@ mod tests {
             e.to_string(),
             "it ends without its end-of-archive block: a truncated tarball?"
         );
+    }
+
+    /// A PAX header of these records, then a ustar entry with `data`.
+    fn pax_entry(out: &mut Vec<u8>, kind: tar::EntryType, records: &[(&str, &str)], path: &str, data: &[u8]) {
+        let mut text = Vec::new();
+        for (k, v) in records {
+            let body = format!(" {k}={v}\n");
+            let mut len = body.len() + 1;
+            while (len.to_string().len() + body.len()) != len {
+                len = len.to_string().len() + body.len();
+            }
+            text.extend_from_slice(format!("{len}{body}").as_bytes());
+        }
+        let mut append = |h: &mut tar::Header, data: &[u8]| {
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        };
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        append(&mut h, &text);
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_path(path).unwrap();
+        append(&mut h, data);
+    }
+
+    fn sparse_1_0(map_text: &[u8], real: &str) -> Vec<u8> {
+        let mut data = map_text.to_vec();
+        data.resize(data.len().div_ceil(512) * 512, 0);
+        data.extend_from_slice(b"abcxyz");
+        let mut out = Vec::new();
+        pax_entry(
+            &mut out,
+            tar::EntryType::XHeader,
+            &[
+                ("GNU.sparse.major", "1"),
+                ("GNU.sparse.minor", "0"),
+                ("GNU.sparse.name", "./srv/sparse"),
+                ("GNU.sparse.realsize", real),
+            ],
+            "./GNUSparseFile.1/sparse",
+            &data,
+        );
+        out.extend_from_slice(&[0; 1024]);
+        out
+    }
+
+    fn first_error(data: &[u8]) -> String {
+        let mut s = TarStream::new(data);
+        loop {
+            match s.next_entry() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("no error"),
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_maps_may_not_claim_more_than_their_data_holds() {
+        // 1.0: a count the map's data cannot hold, however large.
+        for count in ["1000", "4611686018427387904", "9223372036854775807"] {
+            let data = sparse_1_0(format!("{count}\n0\n3\n").as_bytes(), "10000");
+            assert_eq!(
+                first_error(&data),
+                format!("entry \"./srv/sparse\": a sparse map of {count} regions, more than its data can hold")
+            );
+        }
+        // A count above what fits in a u64 or i64 is a bad number.
+        let data = sparse_1_0(b"18446744073709551616\n", "10000");
+        assert_eq!(
+            first_error(&data),
+            "entry \"./srv/sparse\": a bad number \"18446744073709551616\" in a PAX record"
+        );
+        // A region past the real size.
+        let data = sparse_1_0(b"2\n0\n3\n9998\n3\n", "10000");
+        assert_eq!(
+            first_error(&data),
+            "entry \"./srv/sparse\": a sparse map region of 3 bytes at 9998, beyond its size 10000: refused"
+        );
+        let data = sparse_1_0(b"1\n9223372036854775807\n3\n", "9223372036854775807");
+        assert_eq!(
+            first_error(&data),
+            "entry \"./srv/sparse\": a sparse map region of 3 bytes at 9223372036854775807, beyond its size 9223372036854775807: refused"
+        );
+        // 0.1: GNU.sparse.map in the PAX header, capped.
+        let mut map = "0,1,".repeat(MAX_SPARSE_REGIONS);
+        map.push_str("0,1");
+        let mut data = Vec::new();
+        pax_entry(
+            &mut data,
+            tar::EntryType::XHeader,
+            &[("GNU.sparse.size", "10"), ("GNU.sparse.map", &map)],
+            "./srv/sparse",
+            b"x",
+        );
+        assert_eq!(
+            first_error(&data),
+            format!("a PAX sparse map of more than {MAX_SPARSE_REGIONS} regions, more than berth reads")
+        );
+    }
+
+    /// An old GNU sparse header whose extension blocks never end.
+    struct EndlessSparse {
+        sent: u64,
+        header: [u8; 512],
+    }
+
+    impl Read for EndlessSparse {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(512);
+            let at = (self.sent % 512) as usize;
+            let n = n.min(512 - at);
+            if self.sent < 512 {
+                buf[..n].copy_from_slice(&self.header[at..at + n]);
+            } else {
+                let mut b = [0u8; 512];
+                b[504] = 1;
+                buf[..n].copy_from_slice(&b[at..at + n]);
+            }
+            self.sent += n as u64;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn old_gnu_sparse_extension_blocks_are_bounded() {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("sparse").unwrap();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_size(0);
+        h.as_gnu_mut().unwrap().isextended[0] = 1;
+        h.set_cksum();
+        let mut r = EndlessSparse {
+            sent: 0,
+            header: [0; 512],
+        };
+        r.header.copy_from_slice(h.as_bytes());
+        let mut s = TarStream::new(&mut r);
+        assert_eq!(
+            s.next_entry().unwrap_err().to_string(),
+            format!("a GNU sparse map of more than {MAX_SPARSE_REGIONS} regions, more than berth reads")
+        );
+        assert!(r.sent < (MAX_SPARSE_REGIONS as u64 / 21 + 3) * 512);
+    }
+
+    #[test]
+    fn global_records_replace_by_key_and_numbers_stay_below_i64_max() {
+        let mut data = Vec::new();
+        for i in 0..100 {
+            pax_entry(
+                &mut data,
+                tar::EntryType::XGlobalHeader,
+                &[("SCHILY.xattr.user.g", &i.to_string()), ("uid", "7")],
+                &format!("f{i}"),
+                b"",
+            );
+        }
+        data.extend_from_slice(&[0; 1024]);
+        let mut s = TarStream::new(&data[..]);
+        let mut n = 0;
+        while let Some(e) = s.next_entry().unwrap() {
+            assert_eq!(e.xattrs, vec![("user.g".to_string(), n.to_string().into_bytes())]);
+            assert_eq!(e.uid, 7);
+            n += 1;
+        }
+        assert_eq!((n, s.global.len()), (100, 2));
+
+        // base-256 and octal above i64::MAX, a PAX size and mtime at the edge.
+        assert!(number(&[0x80, 0, 0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert_eq!(
+            number(&[0x80, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            Ok(i64::MAX as u64)
+        );
+        assert_eq!(
+            number(b"1000000000000000000000\0"),
+            Err("a number too large".to_string())
+        );
+        assert!(record_number(b"9223372036854775808").is_err());
+        assert_eq!(parse_pax_time(b"-9223372036854775808.5"), None);
+        assert_eq!(parse_pax_time(b"-9223372036854775807.5"), Some((i64::MIN, 500_000_000)));
+        let mut data = Vec::new();
+        pax_entry(
+            &mut data,
+            tar::EntryType::XHeader,
+            &[("size", "9223372036854775807")],
+            "big",
+            b"",
+        );
+        let mut s = TarStream::new(&data[..]);
+        assert_eq!(s.next_entry().unwrap().unwrap().size, i64::MAX as u64);
+        // Its padding on top of its size does not overflow: the stream ends.
+        s.left = u64::MAX;
+        assert_eq!(s.next_entry().unwrap_err().to_string(), "an entry's size is too large");
     }
 
     #[test]
