@@ -235,6 +235,15 @@ fn escape(mode: &str) {
             }
         }
     }
+    // In the tree, as documented: the tree on disk keeps the host's IDs,
+    // so root inside makes root's files there in either mode (hence trees
+    // belong where only root can reach them, as /var/lib/machines, 0700).
+    let in_tree = owner(&copy.join("var/tmp/esc-setuid"));
+    if in_tree != Some((0, 0o4755)) {
+        failures.push(format!(
+            "setuid file in the tree: {in_tree:?}, expected (0, 0o4755), as the manual says"
+        ));
+    }
     if mode == "pick" && base == 0 {
         failures.push("the machine's base is 0".into());
     }

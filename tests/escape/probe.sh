@@ -255,7 +255,8 @@ check mount-binfmt_misc '
     ? "registered t-esc-probe" : "register: $!";
   umnt($d); out("mounted an instance, $r")'
 
-# 15. A setuid file through a bind: made here; the host checks its owner.
+# 15. A setuid file in the tree and through the binds: made here; the host
+# checks its owner (in the tree, root's: the tree keeps the host's IDs).
 setuid_bind() {
   check "$1" "
     my \$p = '$2/esc-setuid'; unlink \$p;
@@ -263,5 +264,6 @@ setuid_bind() {
     chown(0, 0, \$p) or err(); chmod(04755, \$p) or err();
     my @s = stat(\$p); out(sprintf('uid %d mode %o', \$s[4], \$s[2] & 07777))"
 }
+setuid_bind setuid-tree /var/tmp
 setuid_bind setuid-bind "$BIND_DIR"
 if [ -n "${BIND_IDMAP_DIR:-}" ]; then setuid_bind setuid-bind-idmap "$BIND_IDMAP_DIR"; else echo "setuid-bind-idmap: not bound"; fi
