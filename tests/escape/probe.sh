@@ -21,7 +21,7 @@
 # The probe changes nothing it reaches on the host: a file it could write
 # there gets its own content back; a mount that works is undone at once; a
 # file it makes in a host file system is removed again (the setuid files
-# of the binds excepted: the host checks and removes those).
+# of the tree and the binds excepted: the host checks and removes those).
 # Syscall numbers are x86_64's (the probe refuses to run elsewhere).
 set -u
 [ "$(uname -m)" = x86_64 ] || { echo "probe: x86_64 only (syscall numbers)"; exit 1; }
