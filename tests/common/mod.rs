@@ -77,7 +77,13 @@ impl Machine {
     }
 
     pub fn boot_with(name: &str, args: &[&str], wrap: impl FnOnce(&mut Command) -> &mut Command) -> Machine {
-        Self::boot_cmd(berth(), name, args, wrap)
+        Self::boot_cmd(berth(), name, &tree(), args, wrap)
+    }
+
+    /// `boot` of another tree than the cached one (a private copy: the
+    /// cached tree is locked while any session's machine runs from it).
+    pub fn boot_dir(name: &str, tree: &Path, args: &[&str]) -> Machine {
+        Self::boot_cmd(berth(), name, tree, args, |c| c)
     }
 
     /// `boot`, with berth started in the network namespace /run/netns/NS
@@ -85,23 +91,23 @@ impl Machine {
     pub fn boot_in_netns(ns: &str, name: &str, args: &[&str]) -> Machine {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(berth_bin());
-        Self::boot_cmd(cmd, name, args, |c| c)
+        Self::boot_cmd(cmd, name, &tree(), args, |c| c)
     }
 
     fn boot_cmd(
         mut cmd: Command,
         name: &str,
+        tree: &Path,
         args: &[&str],
         wrap: impl FnOnce(&mut Command) -> &mut Command,
     ) -> Machine {
-        let tree = tree();
         let dir = tempfile::tempdir().unwrap();
         let sock_path = dir.path().join("notify");
         let notify = UnixDatagram::bind(&sock_path).unwrap();
         let out = std::fs::File::create(dir.path().join("console")).unwrap();
         let err = std::fs::File::create(dir.path().join("stderr")).unwrap();
         cmd.args(["boot", name, "-D"])
-            .arg(&tree)
+            .arg(tree)
             .arg("--console=read-only")
             .args(args);
         cmd.env("NOTIFY_SOCKET", &sock_path)
