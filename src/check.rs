@@ -83,7 +83,9 @@ fn notes(spec: &crate::spec::MachineSpec) -> Vec<String> {
     if spec.exec.private_users == crate::spec::PrivateUsers::No {
         notes.push(
             "PrivateUsers=no: the machine's root is the host's root (no user namespace); \
-             berth's masks and filters are all that stand between it and the host"
+             berth's masks and filters are all that stand between it and the host, and they \
+             do not stop it mounting the host's devtmpfs, debugfs or tracefs: use it only \
+             for a trusted tree"
                 .to_string(),
         );
     }
