@@ -426,6 +426,19 @@ pub fn mount_api(root: &InRoot, console: Option<&Path>, users: bool) -> Result<I
                 Err(Errno::EPERM) => {
                     let host = host_path_fd(Path::new("/sys"))?;
                     bind_fd(host.as_fd(), target.as_fd(), true, RO_NOSUID_NODEV_NOEXEC, &shown)?;
+                    // The host's cgroup mounts came along (locked: they
+                    // cannot be left out). A tmpfs covers them: the
+                    // machine's cgroup2 is the very superblock of the host's
+                    // on a pure cgroup2 host, which the kernel will not
+                    // mount on its own root (EBUSY).
+                    let cgroup = root.mkdir_all("/sys/fs/cgroup", 0o755)?;
+                    mount_on(
+                        "tmpfs",
+                        cgroup.as_fd(),
+                        NOSUID_NODEV_NOEXEC,
+                        Some("mode=755,size=64k"),
+                        &root.show("/sys/fs/cgroup"),
+                    )?;
                     continue;
                 }
                 r => step("mounting", &shown, r)?,

@@ -226,6 +226,36 @@ fn try_lock(dir: &Path, range: IdRange) -> Result<Option<Flock<File>>, ClaimErro
     }
 }
 
+/// The mounts at or below `path` in berth's mount table, for an error
+/// (an idmapped or locked one there makes the kernel refuse an idmapping).
+fn mounts_below(path: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return String::new();
+    };
+    let p = path.to_string_lossy();
+    let found: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let point = *f.get(4)?;
+            let under = point == p || point.starts_with(&format!("{p}/"));
+            let sep = f.iter().position(|w| *w == "-")?;
+            under.then(|| {
+                format!(
+                    "{point} ({}, {})",
+                    f.get(sep + 1).unwrap_or(&"?"),
+                    f.get(5).unwrap_or(&"?")
+                )
+            })
+        })
+        .collect();
+    if found.is_empty() {
+        String::new()
+    } else {
+        format!(" (mounts there: {})", found.join("; "))
+    }
+}
+
 /// The lock file of the range starting at `base`.
 pub fn lock_path(dir: &Path, base: u32) -> PathBuf {
     dir.join("users").join(format!("{base}.lock"))
@@ -389,7 +419,12 @@ impl UserNamespace {
                     shown.display(),
                     if shown == self.tree.show("/") { "" } else { " or the bind's noidmap option" }
                 ),
-                _ => anyhow::anyhow!("idmapping {}: {}", shown.display(), crate::util::os_error(&e)),
+                _ => anyhow::anyhow!(
+                    "idmapping {}: {}{}",
+                    shown.display(),
+                    crate::util::os_error(&e),
+                    mounts_below(shown)
+                ),
             })?;
         }
         if attrs != 0 {
