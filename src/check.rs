@@ -89,6 +89,14 @@ fn notes(spec: &crate::spec::MachineSpec) -> Vec<String> {
                 .to_string(),
         );
     }
+    if spec.exec.private_users != crate::spec::PrivateUsers::No && !spec.network.private {
+        notes.push(
+            "the machine shares the host's network from a user namespace of its own: its services \
+             cannot bind ports below 1024 there (the network namespace is the host's); give it \
+             VirtualEthernet= with Port=, or lower net.ipv4.ip_unprivileged_port_start on the host"
+                .to_string(),
+        );
+    }
     notes
 }
 
