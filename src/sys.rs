@@ -162,6 +162,38 @@ pub fn mount_setattr(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Resul
 
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
+/// `mount_setattr(2)` changing only propagation: the mount `fd` (and, with
+/// `recursive`, every mount below it) becomes private. A clone made by
+/// open_tree(OPEN_TREE_CLONE) of a shared mount is a peer of its source:
+/// attached elsewhere, what is mounted under it would appear at the source.
+pub fn mount_make_private(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr {
+        propagation: libc::MS_PRIVATE,
+        ..Default::default()
+    };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: as in `mount_setattr`: an empty NUL-terminated path and a
+    // fully initialised mount_attr of the size passed, both outliving the
+    // call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `mount_setattr(2)` with MOUNT_ATTR_IDMAP: the detached mount `fd` (and,
 /// with `recursive`, every mount below it) shows files through the ID map
 /// of the user namespace `userns`. The kernel refuses it for a mount that

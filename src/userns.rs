@@ -411,6 +411,16 @@ impl UserNamespace {
                 crate::util::os_error(&e)
             )
         })?;
+        // Private before anything else: a clone of a shared mount (the
+        // host's, under systemd) is its peer, and what the machine mounts
+        // under it would appear on the host.
+        crate::sys::mount_make_private(clone.as_fd(), recursive).map_err(|e| {
+            anyhow::anyhow!(
+                "making the mount of {} private: {}",
+                shown.display(),
+                crate::util::os_error(&e)
+            )
+        })?;
         // Identity maps need no idmapping: the IDs are the host's.
         if let Some(userns) = userns.filter(|_| self.range.base != 0) {
             crate::sys::mount_setattr_idmap(clone.as_fd(), userns, recursive).map_err(|e| match e.raw_os_error() {

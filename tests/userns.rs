@@ -244,3 +244,33 @@ fn ten_machines_each_have_their_own_per_user_limits() {
         m.stop_ok();
     }
 }
+
+/// On a systemd host every mount is shared. A clone of a shared mount is a
+/// peer of the host's: unless berth makes it private, what the machine
+/// mounts on its tree appears in the host's mount table (and the machine
+/// cannot even pivot_root). Run berth in a mount namespace whose mounts are
+/// all shared, as systemd's are, and look at that table afterwards.
+#[test]
+fn on_a_host_with_shared_mounts_nothing_comes_back_to_the_host() {
+    let t = tree().display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["pick", "no"] {
+        let ini = settings(dir.path(), "t-ns-shared", &format!("[Exec]\nPrivateUsers={mode}\n"));
+        let script = format!(
+            "{} run t-ns-shared -D {t} --config {ini} -- sh -c 'cat /proc/self/uid_map' >/dev/null 2>&1; echo rc=$?; grep -c ' {t}[ /]' /proc/self/mountinfo",
+            berth_bin()
+        );
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "shared", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["rc=0", "0"],
+            "PrivateUsers={mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
