@@ -267,6 +267,14 @@ fn start(
     };
     let identity = tree.dir().identity()?;
     let _locks = lock::acquire_machine(Path::new(lock::LOCK_DIR), &tree.name, &tree.root, identity, access)?;
+    if !tree::shut_to_others(&tree.root) {
+        tracing::warn!(
+            machine = %tree.name,
+            "machine \"{}\": its tree {} lies where host users other than root can reach it; the tree keeps the host's IDs on disk, so a setuid-root program the machine's root makes there is one for them too: keep trees under a directory only root may enter (/var/lib/machines is 0700)",
+            tree.name,
+            tree.root.display()
+        );
+    }
     let claim = crate::userns::claim(tree.name.as_str(), planned.private_users, Path::new(lock::LOCK_DIR))?;
     child.users = claim.as_ref().map(|c| c.range);
     let plan = Plan {

@@ -460,11 +460,14 @@ pub fn mount_api(root: &InRoot, console: Option<&Path>, users: bool) -> Result<I
             }
             let target = root.mount_point_file(&path)?;
             let source = host_path_fd(&host)?;
+            // Read-only: the node still opens for writing, but its owner
+            // and mode (the host's node's) cannot be changed from inside,
+            // where root may be its owner (PrivateUsers=identity).
             bind_fd(
                 source.as_fd(),
                 target.as_fd(),
                 false,
-                sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+                sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
                 &root.show(&path),
             )?;
             continue;
@@ -717,10 +720,9 @@ pub fn link_journal(root: &InRoot, mode: LinkJournal, machine_id: &str) -> Resul
         return Ok(());
     };
     let path = format!("/var/log/journal/{machine_id}");
-    let result = io_step("creating", &host_dir, fs::create_dir_all(&host_dir))
-        .and_then(|_| Ok(root.mkdir_all(&path, 0o755)?))
-        .and_then(|target| {
-            let source = host_path_fd(&host_dir)?;
+    let result = io_step("opening", &host_dir, open_host_journal_dir(&host_dir))
+        .and_then(|source| Ok((source, root.mkdir_all(&path, 0o755)?)))
+        .and_then(|(source, target)| {
             bind_fd(
                 source.as_fd(),
                 target.as_fd(),
@@ -745,6 +747,33 @@ pub fn host_journal_dir(mode: LinkJournal, machine_id: &str) -> Option<PathBuf> 
     };
     let valid = machine_id.len() == 32 && machine_id.bytes().all(|b| b.is_ascii_hexdigit());
     (wanted && valid).then(|| Path::new("/var/log/journal").join(machine_id))
+}
+
+/// The host's journal directory of a machine (`host_journal_dir`), made if
+/// missing, opened without following a link in its last component: a
+/// link there (berth's own for LinkJournal=guest, left by a killed run,
+/// points into some machine's tree) must never send berth elsewhere.
+pub fn open_host_journal_dir(dir: &Path) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{openat, OFlag};
+    let (parent, name) = match (dir.parent(), dir.file_name()) {
+        (Some(p), Some(n)) => (p, n),
+        _ => return Err(Errno::EINVAL.into()),
+    };
+    let parent = nix::fcntl::open(
+        parent,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    match nix::sys::stat::mkdirat(&parent, name, Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(openat(
+        &parent,
+        name,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// LinkJournal=guest|try-guest: the machine's journal stays in its tree

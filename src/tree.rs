@@ -301,6 +301,23 @@ pub fn format_uuid(id: &[u8; 16]) -> String {
     )
 }
 
+/// Whether the directory `dir` or one above it is root's and closed to
+/// everyone else (no search permission for group or others), so no host
+/// user but root reaches what lies in the tree.
+pub fn shut_to_others(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mut here = Some(dir);
+    while let Some(d) = here {
+        if let Ok(m) = std::fs::metadata(d) {
+            if m.uid() == 0 && m.mode() & 0o011 == 0 {
+                return true;
+            }
+        }
+        here = d.parent();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,7 +61,7 @@ impl IdRange {
 #[derive(Debug)]
 pub struct Claim {
     pub range: IdRange,
-    _lock: Option<Flock<File>>,
+    _locks: Vec<Flock<File>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,8 @@ pub enum ClaimError {
     Taken { name: String, range: String, lock: PathBuf },
     #[error("machine \"{name}\": PrivateUsers={range} overlaps the ID map of running process {pid}")]
     Mapped { name: String, range: String, pid: u32 },
+    #[error("machine \"{name}\": PrivateUsers={range} overlaps IDs the host gives out ({file}): that user would own the machine; choose a range outside it, or pick")]
+    HostIds { name: String, range: String, file: String },
 }
 
 /// What is known of the host's IDs, read once per claim.
@@ -265,7 +267,12 @@ pub fn lock_path(dir: &Path, base: u32) -> PathBuf {
 /// `dir` is berth's lock directory (LOCK_DIR).
 pub fn claim(name: &str, mode: PrivateUsers, dir: &Path) -> Result<Option<Claim>, ClaimError> {
     let users = dir.join("users");
-    let fixed = |range: IdRange| -> Result<Option<Claim>, ClaimError> { Ok(Some(Claim { range, _lock: None })) };
+    let fixed = |range: IdRange| -> Result<Option<Claim>, ClaimError> {
+        Ok(Some(Claim {
+            range,
+            _locks: Vec::new(),
+        }))
+    };
     match mode {
         PrivateUsers::No => return Ok(None),
         // Nothing to claim: the IDs are the host's own.
@@ -276,28 +283,48 @@ pub fn claim(name: &str, mode: PrivateUsers, dir: &Path) -> Result<Option<Claim>
     let host = HostIds::read();
     match mode {
         PrivateUsers::Fixed { base, size } => {
-            // The admin's choice: only another machine on it is refused,
-            // berth's (its lock) or another manager's (its ID map).
+            // The admin's choice, refused only where it would be shared:
+            // with another machine of berth's (the lock of every 65536-ID
+            // slot it touches, in order, as `pick` locks its one slot),
+            // another manager's (its ID map), or a host user, group or
+            // subordinate range (whose owner would own the machine).
             let range = IdRange { base, size };
             let shown = mode.to_string();
-            let Some(lock) = try_lock(dir, range)? else {
-                return Err(ClaimError::Taken {
-                    name: name.into(),
-                    range: shown,
-                    lock: lock_path(dir, base),
-                });
-            };
-            if let Some(pid) = host.conflict(range).and_then(|w| w.strip_prefix("pid ")) {
-                return Err(ClaimError::Mapped {
-                    name: name.into(),
-                    range: shown,
-                    pid: pid.parse().unwrap_or_default(),
-                });
+            let mut locks = Vec::new();
+            for slot in (base / RANGE)..=((base as u64 + size as u64 - 1) / RANGE as u64) as u32 {
+                let slot_range = IdRange {
+                    base: slot * RANGE,
+                    size: RANGE,
+                };
+                match try_lock(dir, slot_range)? {
+                    Some(lock) => locks.push(lock),
+                    None => {
+                        return Err(ClaimError::Taken {
+                            name: name.into(),
+                            range: shown,
+                            lock: lock_path(dir, slot_range.base),
+                        })
+                    }
+                }
             }
-            Ok(Some(Claim {
-                range,
-                _lock: Some(lock),
-            }))
+            match host.conflict(range) {
+                Some(why) if why.starts_with("pid ") => {
+                    return Err(ClaimError::Mapped {
+                        name: name.into(),
+                        range: shown,
+                        pid: why.trim_start_matches("pid ").parse().unwrap_or_default(),
+                    })
+                }
+                Some(why) => {
+                    return Err(ClaimError::HostIds {
+                        name: name.into(),
+                        range: shown,
+                        file: why.to_string(),
+                    })
+                }
+                None => {}
+            }
+            Ok(Some(Claim { range, _locks: locks }))
         }
         _ => {
             let slots = (PICK_END - PICK_FIRST) / RANGE;
@@ -316,7 +343,7 @@ pub fn claim(name: &str, mode: PrivateUsers, dir: &Path) -> Result<Option<Claim>
                     if now.conflict(range).is_none() {
                         return Ok(Some(Claim {
                             range,
-                            _lock: Some(lock),
+                            _locks: vec![lock],
                         }));
                     }
                 }
@@ -465,29 +492,41 @@ impl crate::setup::ParentStep for UserNamespace {
         self.write_maps(pid)?;
         self.delegate_cgroup(pid)?;
         if let Some(pty) = &self.console {
-            // Root's terminal group inside is tty (5), as on the host.
-            nix::unistd::chown(
-                pty,
-                Some(nix::unistd::Uid::from_raw(self.range.base)),
-                Some(nix::unistd::Gid::from_raw(self.range.host_id(5))),
-            )
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "giving the console {} to the machine's root: {}",
-                    pty.display(),
-                    e.desc()
-                )
-            })?;
+            // Root's terminal group inside is tty (5), as on the host; the
+            // mode as berth made it (root inside may have changed it in an
+            // earlier boot).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(pty, std::fs::Permissions::from_mode(0o620))
+                .and_then(|()| {
+                    nix::unistd::chown(
+                        pty,
+                        Some(nix::unistd::Uid::from_raw(self.range.base)),
+                        Some(nix::unistd::Gid::from_raw(self.range.host_id(5))),
+                    )
+                    .map_err(std::io::Error::from)
+                })
+                .map_err(|e| anyhow::anyhow!("giving the console {} to the machine's root: {e}", pty.display()))?;
         }
         if let Some(dir) = crate::rootfs::host_journal_dir(self.link_journal, &self.machine_id) {
-            let made = std::fs::create_dir_all(&dir)
+            let base = self.range.base;
+            let made = crate::rootfs::open_host_journal_dir(&dir)
                 .map_err(anyhow::Error::from)
-                .and_then(|()| {
-                    let base = self.range.base;
-                    nix::unistd::chown(
-                        &dir,
+                .and_then(|fd| {
+                    // Root's (new, or kept by a machine without a user
+                    // namespace) or this range's: another range's belongs to
+                    // another machine with the same machine id.
+                    let owner = nix::sys::stat::fstat(&fd)?.st_uid;
+                    if owner != 0 && owner != base {
+                        anyhow::bail!(
+                            "it belongs to host UID {owner}, another machine's range (two trees with one machine id?)"
+                        );
+                    }
+                    nix::unistd::fchownat(
+                        &fd,
+                        "",
                         Some(nix::unistd::Uid::from_raw(base)),
                         Some(nix::unistd::Gid::from_raw(base)),
+                        nix::fcntl::AtFlags::AT_EMPTY_PATH,
                     )
                     .map_err(anyhow::Error::from)
                 });
@@ -506,7 +545,15 @@ impl crate::setup::ParentStep for UserNamespace {
         .map_err(|e| anyhow::anyhow!("opening {path}: {}", e.desc()))?;
         let shown = self.tree.show("/");
         let mut fds = Vec::new();
-        fds.push(self.detached(self.tree.fd(), Some(userns.as_fd()), true, 0, &shown)?);
+        // nodev: the machine's devices are the ones berth binds on its
+        // own /dev; a node root inside makes in the tree opens nothing.
+        fds.push(self.detached(
+            self.tree.fd(),
+            Some(userns.as_fd()),
+            true,
+            crate::sys::MOUNT_ATTR_NODEV,
+            &shown,
+        )?);
         // Every bind is cloned here, on the host: root in the machine's
         // user namespace may not search the host's paths to its source.
         for b in &self.files.binds {
@@ -529,13 +576,16 @@ impl crate::setup::ParentStep for UserNamespace {
     }
 
     fn undo(&mut self) {
-        // The console goes back to root (the pty outlives a reboot).
+        // The console goes back to root, with the mode berth gave it (the
+        // pty outlives a reboot, and root inside may have opened it up).
         if let Some(pty) = &self.console {
+            use std::os::unix::fs::PermissionsExt;
             let _ = nix::unistd::chown(
                 pty,
                 Some(nix::unistd::Uid::from_raw(0)),
                 Some(nix::unistd::Gid::from_raw(5)),
             );
+            let _ = std::fs::set_permissions(pty, std::fs::Permissions::from_mode(0o620));
         }
     }
 }
@@ -543,6 +593,45 @@ impl crate::setup::ParentStep for UserNamespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_ranges_lock_every_slot_they_touch_and_keep_off_host_users() {
+        let dir = tempfile::tempdir().unwrap();
+        // nobody (65534) is a host user on every Debian system.
+        let e = claim(
+            "fixed",
+            PrivateUsers::Fixed {
+                base: 60000,
+                size: 10000,
+            },
+            dir.path(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("overlaps IDs the host gives out (/etc/passwd)"),
+            "{e}"
+        );
+        // An unaligned range across two slots holds both: a pick of
+        // either slot's base is refused while it runs.
+        let base = 3_000_000_000u32;
+        let held = claim(
+            "fixed",
+            PrivateUsers::Fixed {
+                base: base + 1000,
+                size: 65536,
+            },
+            dir.path(),
+        )
+        .unwrap()
+        .unwrap();
+        let slot = base / RANGE * RANGE;
+        for b in [slot, slot + RANGE] {
+            let e = claim("other", PrivateUsers::Fixed { base: b, size: 10 }, dir.path()).unwrap_err();
+            assert!(e.to_string().contains(&format!("users/{b}.lock is held")), "{e}");
+        }
+        drop(held);
+        assert!(claim("other", PrivateUsers::Fixed { base: slot, size: 10 }, dir.path()).is_ok());
+    }
 
     #[test]
     fn nss_is_asked_only_for_sources_beyond_files() {

@@ -1003,10 +1003,16 @@ fn timezone_and_journal_on_the_host() {
         }
     }
 
+    // A journal directory another run left (perhaps under another range).
+    let id = std::fs::read_to_string(tree().join("etc/machine-id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let host_dir = Path::new("/var/log/journal").join(&id);
+    let _ = std::fs::remove_dir_all(&host_dir);
     let mut m = Machine::boot("t-journal", &["--link-journal=host", "--volatile=overlay"]);
     m.wait_ready();
-    let id = m.exec_ok(&["cat", "/etc/machine-id"]);
-    let host_dir = Path::new("/var/log/journal").join(&id);
+    assert_eq!(m.exec_ok(&["cat", "/etc/machine-id"]), id);
     m.exec_ok(&["systemd-cat", "-t", "berth-test", "echo", "hello from the machine"]);
     m.exec_ok(&["journalctl", "--flush"]);
     let files: Vec<_> = std::fs::read_dir(&host_dir)
@@ -1018,5 +1024,29 @@ fn timezone_and_journal_on_the_host() {
         host_dir.display()
     );
     m.stop_ok();
-    let _ = std::fs::remove_dir_all(&host_dir);
+    // Given to another range (another machine with this machine id): not
+    // this machine's to take over; a link there is never followed.
+    std::os::unix::fs::chown(&host_dir, Some(1_000_000_000), Some(1_000_000_000)).unwrap();
+    let mut again = Machine::boot("t-journal", &["--link-journal=host", "--volatile=overlay"]);
+    assert_eq!(again.wait_exit(Duration::from_secs(20)).code(), Some(1));
+    assert!(
+        again.stderr().contains(&format!(
+            "making the machine's journal {}: it belongs to host UID 1000000000, another machine's range (two trees with one machine id?)",
+            host_dir.display()
+        )),
+        "{}",
+        again.stderr()
+    );
+    std::fs::remove_dir_all(&host_dir).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), &host_dir).unwrap();
+    let mut linked = Machine::boot("t-journal", &["--link-journal=host", "--volatile=overlay"]);
+    assert_eq!(linked.wait_exit(Duration::from_secs(20)).code(), Some(1));
+    assert!(linked.stderr().contains("Not a directory"), "{}", linked.stderr());
+    assert_eq!(
+        std::fs::metadata(elsewhere.path()).unwrap().uid(),
+        0,
+        "the link's target was given away"
+    );
+    std::fs::remove_file(&host_dir).unwrap();
 }
