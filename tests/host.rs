@@ -693,6 +693,12 @@ fn examples_check_and_boot() {
     for d in example_dirs {
         std::fs::create_dir_all(d).unwrap();
     }
+    // As the example says: only root may enter where an idmap bind lies.
+    std::fs::set_permissions(
+        "/var/lib/berth-example",
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     // The bridged example's bridge, in a network namespace of the test's
     // own (the host's network is never touched).
     let netns = "berth-t-examples";
@@ -763,10 +769,11 @@ fn examples_check_and_boot() {
             .to_string()
     };
     assert!(
-        line("Bind=").starts_with("Bind=/var/lib/berth-example/storage/data:/srv/data:rw,rbind,nosuid,nodev,noexec"),
+        line("Bind=")
+            .starts_with("Bind=/var/lib/berth-example/storage/data:/srv/data:rw,rbind,nosuid,nodev,noexec,idmap"),
         "{storage}"
     );
-    assert!(line("Bind=").ends_with("storage.ini:11"), "{storage}");
+    assert!(line("Bind=").ends_with("storage.ini:14"), "{storage}");
     assert!(line("CPUQuota=").starts_with("CPUQuota=200% "), "{storage}");
     assert!(
         line("MemoryMax=").starts_with("MemoryMax=1073741824") && line("MemoryMax=").ends_with("# --memory-max"),
