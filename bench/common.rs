@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -58,4 +58,20 @@ pub fn stop(mut child: Child) -> f64 {
 
 pub fn signal(pid: i32, sig: i32) {
     berth::sys::send_signal(pid, sig).unwrap();
+}
+
+/// Root, the guest tree (BERTH_TEST_TREE) and the runs per tool
+/// (BENCH_RUNS, else `default_runs`), or a failure saying what is missing.
+pub fn tree_and_runs(default_runs: usize) -> (PathBuf, usize) {
+    if !is_root() {
+        fail("the benchmark boots machines: run it as root");
+    }
+    let tree = PathBuf::from(std::env::var("BERTH_TEST_TREE").unwrap_or_else(|_| {
+        fail("set BERTH_TEST_TREE=$(sudo tests/prepare-tree)");
+    }));
+    let runs = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_runs);
+    (tree, runs)
 }

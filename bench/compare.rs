@@ -8,7 +8,7 @@
 
 #[path = "common.rs"]
 mod common;
-use common::{fail, is_root, median, start, stop};
+use common::{fail, median, start, stop, tree_and_runs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -27,19 +27,11 @@ struct Sample {
 }
 
 fn main() {
-    if !is_root() {
-        fail("the benchmark boots machines: run it as root");
-    }
-    let tree = PathBuf::from(std::env::var("BERTH_TEST_TREE").unwrap_or_else(|_| {
-        fail("set BERTH_TEST_TREE=$(sudo tests/prepare-tree)");
-    }));
+    let (tree, runs) = tree_and_runs(7);
     if Command::new("systemd-nspawn").arg("--version").output().is_err() {
         fail("systemd-nspawn is missing: apt-get install -y systemd-container");
     }
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7);
+
     let berth = PathBuf::from(env!("CARGO_BIN_EXE_berth"));
     let dir = tempfile::tempdir().unwrap();
 

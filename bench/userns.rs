@@ -9,7 +9,7 @@
 
 #[path = "common.rs"]
 mod common;
-use common::{fail, is_root, median, start, stop};
+use common::{median, start, stop, tree_and_runs};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -90,16 +90,8 @@ fn try_nspawn(tree: &Path, dir: &Path) -> Result<f64, String> {
 }
 
 fn main() {
-    if !is_root() {
-        fail("the benchmark boots machines: run it as root");
-    }
-    let tree = PathBuf::from(std::env::var("BERTH_TEST_TREE").unwrap_or_else(|_| {
-        fail("set BERTH_TEST_TREE=$(sudo tests/prepare-tree)");
-    }));
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7);
+    let (tree, runs) = tree_and_runs(7);
+
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_berth"));
     let dir = tempfile::tempdir().unwrap();
     let nspawn_here = Command::new("systemd-nspawn").arg("--version").output().is_ok();

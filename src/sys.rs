@@ -130,27 +130,23 @@ pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
-/// `mount_setattr(2)` on the mount `fd` refers to and, with `recursive`,
-/// every mount below it: sets the `set` attributes (MOUNT_ATTR_*) and
-/// clears none, so flags a mount already had are kept.
-pub fn mount_setattr(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
-    let attr = MountAttr {
-        attr_set: set,
-        ..Default::default()
-    };
+/// `mount_setattr(2)` with `attr` on the mount `fd` refers to and, with
+/// `recursive`, every mount below it.
+fn setattr(fd: BorrowedFd<'_>, attr: &MountAttr, recursive: bool) -> io::Result<()> {
     let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
     if recursive {
         flags |= libc::AT_RECURSIVE as libc::c_uint;
     }
     // SAFETY: the path is an empty NUL-terminated string, `attr` is a fully
-    // initialised mount_attr of the size passed; both outlive the call.
+    // initialised mount_attr of the size passed; both outlive the call (a
+    // userns_fd in it is a descriptor the caller borrows for the call).
     let ret = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
             c"".as_ptr(),
             flags,
-            &attr as *const MountAttr,
+            attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
@@ -160,10 +156,19 @@ pub fn mount_setattr(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Resul
     Ok(())
 }
 
+/// Sets the `set` attributes (MOUNT_ATTR_*) and clears none, so flags a
+/// mount already had are kept.
+pub fn mount_setattr(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        ..Default::default()
+    };
+    setattr(fd, &attr, recursive)
+}
+
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
-/// `mount_setattr(2)` changing only propagation: the mount `fd` (and, with
-/// `recursive`, every mount below it) becomes private. A clone made by
+/// Only propagation: the mount becomes private. A clone made by
 /// open_tree(OPEN_TREE_CLONE) of a shared mount is a peer of its source:
 /// attached elsewhere, what is mounted under it would appear at the source.
 pub fn mount_make_private(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
@@ -171,33 +176,12 @@ pub fn mount_make_private(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<()>
         propagation: libc::MS_PRIVATE,
         ..Default::default()
     };
-    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: as in `mount_setattr`: an empty NUL-terminated path and a
-    // fully initialised mount_attr of the size passed, both outliving the
-    // call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if ret == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    setattr(fd, &attr, recursive)
 }
 
-/// `mount_setattr(2)` with MOUNT_ATTR_IDMAP: the detached mount `fd` (and,
-/// with `recursive`, every mount below it) shows files through the ID map
-/// of the user namespace `userns`. The kernel refuses it for a mount that
-/// is attached, already idmapped, or of a file system without idmapping
+/// MOUNT_ATTR_IDMAP: the detached mount shows files through the ID map of
+/// the user namespace `userns`. The kernel refuses it for a mount that is
+/// attached, already idmapped, or of a file system without idmapping
 /// support (EINVAL).
 pub fn mount_setattr_idmap(fd: BorrowedFd<'_>, userns: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
     let attr = MountAttr {
@@ -205,27 +189,7 @@ pub fn mount_setattr_idmap(fd: BorrowedFd<'_>, userns: BorrowedFd<'_>, recursive
         userns_fd: userns.as_raw_fd() as u64,
         ..Default::default()
     };
-    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: as in `mount_setattr`: an empty NUL-terminated path and a
-    // fully initialised mount_attr of the size passed, both outliving the
-    // call; `userns` is a descriptor borrowed for the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if ret == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    setattr(fd, &attr, recursive)
 }
 
 /// Send any signal number, including real-time ones (`nix::sys::signal::Signal`

@@ -530,6 +530,18 @@ fn a_host_port_in_use_is_refused_and_nothing_is_left() {
     assert!(rules.is_empty(), "{rules:?}");
 }
 
+/// A command's stdout, and the bounding set its first line (grep CapBnd
+/// /proc/self/status) gives.
+fn bounding_set(out: &Output) -> (String, u64) {
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let bnd = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+    (text, bnd)
+}
+
 #[test]
 fn root_inside_cannot_reach_the_hosts_network_namespace() {
     let ns = NetNs::new("escape");
@@ -570,12 +582,7 @@ fn root_inside_cannot_reach_the_hosts_network_namespace() {
         "grep CapBnd /proc/self/status; ip link add x type veth peer name y 2>&1; ip link set host0 down 2>&1",
         std::process::Stdio::piped(),
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let bnd = text
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
-        .unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+    let (text, bnd) = bounding_set(&out);
     assert_eq!(bnd & (1 << 12), 0, "CAP_NET_ADMIN is in the bounding set");
     assert_eq!(
         text.matches("Operation not permitted").count(),
@@ -609,12 +616,7 @@ fn root_inside_cannot_reach_the_hosts_network_namespace() {
          ip link show 2>&1 | grep -c ': ve-'",
         std::process::Stdio::piped(),
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let bnd = text
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
-        .unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+    let (text, bnd) = bounding_set(&out);
     assert_ne!(bnd & (1 << 12), 0, "CAP_NET_ADMIN is not kept with a user namespace");
     let lines: Vec<&str> = text.lines().skip(1).collect();
     assert_eq!(
