@@ -22,6 +22,17 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// berth's arguments for a trivial init, ready as soon as it is executed
+/// (start to exec: berth's own work, without the guest's boot).
+pub const TRIVIAL_INIT: &[&str] = &[
+    "--notify-ready=no",
+    "--init",
+    "/bin/sleep",
+    "--kill-signal=SIGKILL",
+    "--",
+    "1000",
+];
+
 /// Start, wait for READY=1, return (time to ready, the child); the caller
 /// waits for the child.
 #[allow(clippy::zombie_processes)]

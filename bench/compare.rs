@@ -87,14 +87,7 @@ fn command(tool: Tool, berth: &Path, tree: &Path, boot: bool) -> Command {
     } else {
         // Start to exec: a trivial init, ready as soon as it is executed.
         match tool {
-            Tool::Berth => c.args([
-                "--notify-ready=no",
-                "--init",
-                "/bin/sleep",
-                "--kill-signal=SIGKILL",
-                "--",
-                "1000",
-            ]),
+            Tool::Berth => c.args(common::TRIVIAL_INIT),
             Tool::Nspawn => c.args(["--notify-ready=no", "--kill-signal=SIGKILL", "/bin/sleep", "1000"]),
         };
     }

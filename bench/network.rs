@@ -16,7 +16,6 @@
 mod common;
 use common::{fail, is_root, median};
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -227,33 +226,9 @@ fn stop(mut child: Child) {
 /// berth's start to exec of a trivial init (READY=1 as it executes), with
 /// the veth pair on the bridge and an address.
 fn start_to_exec(berth: &Path, tree: &Path, dir: &Path) -> f64 {
-    let path = dir.join("notify");
-    let _ = std::fs::remove_file(&path);
-    let sock = UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut c = command(Tool::BerthAddress, berth, tree);
-    c.args([
-        "--notify-ready=no",
-        "--init",
-        "/bin/sleep",
-        "--kill-signal=SIGKILL",
-        "--",
-        "1000",
-    ])
-    .env("NOTIFY_SOCKET", &path);
-    let t0 = Instant::now();
-    let mut child = c.spawn().unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = sock.recv(&mut buf).unwrap_or_else(|e| {
-            let _ = child.kill();
-            fail(&format!("no READY=1 within 30 s: {e}"))
-        });
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
-            break;
-        }
-    }
-    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    c.args(common::TRIVIAL_INIT);
+    let (ms, mut child) = common::start(c, dir);
     let _ = child.kill();
     let _ = child.wait();
     std::thread::sleep(Duration::from_millis(200));

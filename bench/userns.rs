@@ -25,14 +25,7 @@ fn berth(bin: &Path, tree: &Path, users: &str, boot: bool) -> Command {
     if boot {
         c.arg("--notify-ready=yes");
     } else {
-        c.args([
-            "--notify-ready=no",
-            "--init",
-            "/bin/sleep",
-            "--kill-signal=SIGKILL",
-            "--",
-            "1000",
-        ]);
+        c.args(common::TRIVIAL_INIT);
     }
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     c

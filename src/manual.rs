@@ -1140,6 +1140,12 @@ printf '%s\n' "${COMPREPLY[@]}"
             .current_dir(dir.path())
             .output()
             .unwrap();
+        candidates(line, &out)
+    }
+
+    /// A shell's completion candidates for `line`, sorted (the first
+    /// tab-separated field of each non-empty line; fish adds descriptions).
+    fn candidates(line: &str, out: &std::process::Output) -> Vec<String> {
         assert!(
             out.status.success(),
             "{line:?}: {}",
@@ -1148,7 +1154,7 @@ printf '%s\n' "${COMPREPLY[@]}"
         let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| !l.is_empty())
-            .map(String::from)
+            .map(|l| l.split('\t').next().unwrap_or_default().to_string())
             .collect();
         got.sort();
         got
@@ -1220,17 +1226,7 @@ printf '%s\n' "${COMPREPLY[@]}"
                 .current_dir(dir.path())
                 .output()
                 .unwrap();
-            assert!(
-                out.status.success(),
-                "{line:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(|l| l.split('\t').next().unwrap().to_string())
-                .collect();
-            got.sort();
-            got
+            candidates(line, &out)
         };
         assert_eq!(complete("berth boot "), ["alpha", "beta"]);
         assert_eq!(complete("berth boot --console pipe b"), ["beta"]);
