@@ -919,9 +919,9 @@ mod tests {
     /// Format a page as a reader sees it, with man(1) and its warnings on
     /// (as lintian runs it), or with groff when man is missing. Asserts
     /// that nothing was warned about, and returns the plain text (words
-    /// hyphenated at a line's end joined again); None when neither program
-    /// is installed.
-    fn render(name: &str, text: &str) -> Option<String> {
+    /// hyphenated at a line's end joined again). Fails, saying what to
+    /// install, when neither program is there.
+    fn render(name: &str, text: &str) -> String {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
@@ -943,7 +943,7 @@ mod tests {
                 .output()
                 .unwrap()
         } else {
-            return None;
+            panic!("neither man nor groff is installed, so {name} cannot be rendered: apt-get install man-db");
         };
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success() && stderr.trim().is_empty(), "{name}: {stderr}");
@@ -969,7 +969,7 @@ mod tests {
             }
             joined.push('\n');
         }
-        Some(joined)
+        joined
     }
 
     /// roff's escapes of the text of a page: '-' and the apostrophe.
@@ -995,24 +995,18 @@ mod tests {
         for see in ["berth", "systemd\\-nspawn", "machinectl", "systemd.nspawn"] {
             assert!(text.contains(&format!("\\fB{see}\\fR")), "SEE ALSO {see}");
         }
-        // Rendered by man(1) when installed (as lintian checks pages), else
-        // by groff; when neither is installed, only the roff text above is
-        // checked, and the test says so.
-        match render("berth.machine.5", &text) {
-            Some(out) => {
-                for k in KEYS {
-                    let tag = format!("\n       {}=", k.key);
-                    assert!(out.contains(&tag), "{} not rendered:\n{out}", k.id());
-                }
-                for s in SECTIONS {
-                    assert!(out.contains(&format!("\n[{}] SECTION\n", s.to_uppercase())), "{s}");
-                }
-                let see_also = out.split("\nSEE ALSO\n").nth(1).expect("a SEE ALSO section");
-                for page in ["berth(1)", "systemd-nspawn(1)", "machinectl(1)", "systemd.nspawn(5)"] {
-                    assert!(see_also.contains(page), "{page} not in SEE ALSO: {see_also}");
-                }
-            }
-            None => eprintln!("neither man nor groff is installed: berth.machine.5 checked as roff text only"),
+        // Rendered by man(1) (as lintian checks pages), else by groff.
+        let out = render("berth.machine.5", &text);
+        for k in KEYS {
+            let tag = format!("\n       {}=", k.key);
+            assert!(out.contains(&tag), "{} not rendered:\n{out}", k.id());
+        }
+        for s in SECTIONS {
+            assert!(out.contains(&format!("\n[{}] SECTION\n", s.to_uppercase())), "{s}");
+        }
+        let see_also = out.split("\nSEE ALSO\n").nth(1).expect("a SEE ALSO section");
+        for page in ["berth(1)", "systemd-nspawn(1)", "machinectl(1)", "systemd.nspawn(5)"] {
+            assert!(see_also.contains(page), "{page} not in SEE ALSO: {see_also}");
         }
     }
 
@@ -1053,9 +1047,11 @@ mod tests {
         assert!(boot.contains("The init\\*(Aqs own exit status."));
         assert!(page("berth.1").contains("\nberth\\-boot(1)\n"));
         for (name, text) in &pages {
-            if render(name, text).is_none() {
-                eprintln!("neither man nor groff is installed: {name} checked as roff text only");
-            }
+            let out = render(name, text);
+            assert!(
+                out.contains("\nNAME\n"),
+                "{name} rendered without a NAME section:\n{out}"
+            );
         }
     }
 
@@ -1206,13 +1202,13 @@ printf '%s\n' "${COMPREPLY[@]}"
     #[test]
     fn fish_completes_machine_names() {
         // fish completes a command line itself (complete -C), without a
-        // terminal. Not installed: said, and only the script is checked.
+        // terminal.
         let text = script("berth.fish");
         assert!(text.contains("__fish_berth_at_name boot run status export-tar"));
-        if !have("fish") {
-            eprintln!("fish is not installed: its completion was not run");
-            return;
-        }
+        assert!(
+            have("fish"),
+            "fish is missing, so berth's fish completion cannot be run: apt-get install fish"
+        );
         let machines = machines_dir();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("berth.fish");
@@ -1245,10 +1241,10 @@ printf '%s\n' "${COMPREPLY[@]}"
         let text = script("_berth");
         assert_eq!(text.matches(":_berth_machines' \\\n").count(), 4);
         assert_eq!(text.matches(":_berth_machine_or_file' \\\n").count(), 1);
-        if !have("zsh") {
-            eprintln!("zsh is not installed: its completion was not run");
-            return;
-        }
+        assert!(
+            have("zsh"),
+            "zsh is missing, so berth's zsh completion cannot be run: apt-get install zsh"
+        );
         let machines = machines_dir();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("_berth"), &text).unwrap();
