@@ -126,7 +126,7 @@ fn main() {
     eprintln!();
 
     println!(
-        "berth import-tar vs GNU tar -x --zstd, {runs} runs each, medians, tree {} ({:.1} MiB .tar.zst, {entries} entries)",
+        "berth import-tar vs GNU tar -x --zstd and systemd-import (machinectl import-tar), {runs} runs each, medians, tree {} ({:.1} MiB .tar.zst, {entries} entries)",
         tree.display(),
         size as f64 / (1 << 20) as f64
     );
@@ -217,16 +217,7 @@ impl Importer {
                 err.lines().filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" / ")
             ));
         }
-        let st = Command::new("sync").arg("-f").arg(&self.images).status().unwrap();
-        let wall = t0.elapsed().as_secs_f64();
-        if !st.success() {
-            fail("sync -f failed");
-        }
-        let s = Sample {
-            wall,
-            cpu: children_cpu() - cpu0,
-            unsynced,
-        };
+        let s = sync_and_sample(&self.images, t0, cpu0, unsynced);
         clean(&target);
         Ok(s)
     }
@@ -313,16 +304,23 @@ fn tar_once(file: &Path, dir: &Path) -> Sample {
     if !st.success() {
         fail(&format!("tar -x failed: {st}"));
     }
-    let st = Command::new("sync").arg("-f").arg(&x).status().unwrap();
+    let s = sync_and_sample(&x, t0, cpu0, unsynced);
+    clean(&x);
+    s
+}
+
+/// `sync -f` the file system of `dir` (as berth syncs before its rename),
+/// then the sample of a run that started at `t0` with `cpu0` of children's
+/// CPU time, `unsynced` seconds before this sync.
+fn sync_and_sample(dir: &Path, t0: Instant, cpu0: f64, unsynced: f64) -> Sample {
+    let st = Command::new("sync").arg("-f").arg(dir).status().unwrap();
     let wall = t0.elapsed().as_secs_f64();
     if !st.success() {
         fail("sync -f failed");
     }
-    let s = Sample {
+    Sample {
         wall,
         cpu: children_cpu() - cpu0,
         unsynced,
-    };
-    clean(&x);
-    s
+    }
 }
