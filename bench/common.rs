@@ -67,15 +67,23 @@ pub fn stop(mut child: Child) -> f64 {
     ms
 }
 
+/// Fail, saying what to install, when systemd-nspawn is missing.
+pub fn need_nspawn() {
+    if Command::new("systemd-nspawn").arg("--version").output().is_err() {
+        fail("systemd-nspawn is missing: apt-get install -y systemd-container");
+    }
+}
+
 pub fn signal(pid: i32, sig: i32) {
     berth::sys::send_signal(pid, sig).unwrap();
 }
 
 /// Root, the guest tree (BERTH_TEST_TREE) and the runs per tool
-/// (BENCH_RUNS, else `default_runs`), or a failure saying what is missing.
-pub fn tree_and_runs(default_runs: usize) -> (PathBuf, usize) {
+/// (BENCH_RUNS, else `default_runs`), or a failure saying what is missing;
+/// `root_for` says what the benchmark needs root for.
+pub fn tree_and_runs(default_runs: usize, root_for: &str) -> (PathBuf, usize) {
     if !is_root() {
-        fail("the benchmark boots machines: run it as root");
+        fail(&format!("the benchmark {root_for}: run it as root"));
     }
     let tree = PathBuf::from(std::env::var("BERTH_TEST_TREE").unwrap_or_else(|_| {
         fail("set BERTH_TEST_TREE=$(sudo tests/prepare-tree)");

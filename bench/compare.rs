@@ -8,7 +8,7 @@
 
 #[path = "common.rs"]
 mod common;
-use common::{fail, median, start, stop, tree_and_runs};
+use common::{median, start, stop, tree_and_runs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -27,11 +27,8 @@ struct Sample {
 }
 
 fn main() {
-    let (tree, runs) = tree_and_runs(7);
-    if Command::new("systemd-nspawn").arg("--version").output().is_err() {
-        fail("systemd-nspawn is missing: apt-get install -y systemd-container");
-    }
-
+    let (tree, runs) = tree_and_runs(7, "boots machines");
+    common::need_nspawn();
     let berth = PathBuf::from(env!("CARGO_BIN_EXE_berth"));
     let dir = tempfile::tempdir().unwrap();
 

@@ -36,7 +36,7 @@
 
 #[path = "common.rs"]
 mod common;
-use common::{fail, is_root, median};
+use common::{fail, median, tree_and_runs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -50,12 +50,7 @@ struct Sample {
 }
 
 fn main() {
-    if !is_root() {
-        fail("the benchmark imports trees with their owners: run it as root");
-    }
-    let tree = PathBuf::from(std::env::var("BERTH_TEST_TREE").unwrap_or_else(|_| {
-        fail("set BERTH_TEST_TREE=$(sudo tests/prepare-tree)");
-    }));
+    let (tree, runs) = tree_and_runs(5, "imports trees with their owners");
     let tar_zstd = Command::new("tar").args(["--zstd", "--help"]).output();
     if !tar_zstd.is_ok_and(|o| o.status.success()) || Command::new("zstd").arg("--version").output().is_err() {
         fail("GNU tar with --zstd and zstd are needed: apt-get install zstd");
@@ -67,10 +62,6 @@ fn main() {
     else {
         fail("systemd-import (machinectl import-tar's importer) is missing: apt-get install -y systemd-container");
     };
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
     let berth = PathBuf::from(env!("CARGO_BIN_EXE_berth"));
     // Same file system as the tree (the cache), as /var/lib/machines is.
     let base = tree.parent().unwrap().parent().unwrap().join("scratch");

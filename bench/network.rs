@@ -14,7 +14,7 @@
 
 #[path = "common.rs"]
 mod common;
-use common::{fail, is_root, median};
+use common::{fail, median, tree_and_runs};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,19 +26,8 @@ const NETNS: &str = "berth-bench";
 const MACHINE: &str = "10.90.0.2";
 
 fn main() {
-    if !is_root() {
-        fail("the benchmark boots machines: run it as root");
-    }
-    let tree = PathBuf::from(
-        std::env::var("BERTH_TEST_TREE").unwrap_or_else(|_| fail("set BERTH_TEST_TREE=$(sudo tests/prepare-tree)")),
-    );
-    if Command::new("systemd-nspawn").arg("--version").output().is_err() {
-        fail("systemd-nspawn is missing: apt-get install -y systemd-container");
-    }
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7);
+    let (tree, runs) = tree_and_runs(7, "boots machines");
+    common::need_nspawn();
     let berth = PathBuf::from(env!("CARGO_BIN_EXE_berth"));
     let work = tempfile::tempdir_in(tree.parent().unwrap()).unwrap();
     let copy = work.path().join("tree");

@@ -83,8 +83,7 @@ fn try_nspawn(tree: &Path, dir: &Path) -> Result<f64, String> {
 }
 
 fn main() {
-    let (tree, runs) = tree_and_runs(7);
-
+    let (tree, runs) = tree_and_runs(7, "boots machines");
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_berth"));
     let dir = tempfile::tempdir().unwrap();
     let nspawn_here = Command::new("systemd-nspawn").arg("--version").output().is_ok();

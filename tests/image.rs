@@ -72,6 +72,12 @@ impl Env {
         args.extend(extra.iter().map(OsStr::new));
         self.run(&args, None)
     }
+    /// `import-tar - NAME EXTRA...` with `file` on standard input.
+    fn import_stdin(&self, file: &Path, name: &str, extra: &[&str]) -> Output {
+        let mut args: Vec<&OsStr> = vec![OsStr::new("import-tar"), OsStr::new("-"), OsStr::new(name)];
+        args.extend(extra.iter().map(OsStr::new));
+        self.run(&args, Some(file))
+    }
     fn import_ok(&self, file: &Path, name: &str, extra: &[&str]) {
         let out = self.import(file, name, extra);
         assert!(
@@ -547,10 +553,7 @@ fn export_then_import_round_trips_and_gnu_tar_reads_the_export() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
     // And back from standard input.
-    let out = env.run(
-        &[OsStr::new("import-tar"), OsStr::new("-"), OsStr::new("t-img-stdin")],
-        Some(&piped),
-    );
+    let out = env.import_stdin(&piped, "t-img-stdin", &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_same_tree(
         &want,
@@ -755,27 +758,9 @@ fn checksum_right_passes_wrong_is_refused_and_leaves_nothing() {
     assert_eq!(std::fs::metadata(&tree).unwrap().mode() & 0o7777, 0o755);
 
     // From standard input too (the checksum is of the bytes read).
-    let out = env.run(
-        &[
-            OsStr::new("import-tar"),
-            OsStr::new("-"),
-            OsStr::new("t-img-sum2"),
-            OsStr::new("--checksum"),
-            OsStr::new(&right),
-        ],
-        Some(&file),
-    );
+    let out = env.import_stdin(&file, "t-img-sum2", &["--checksum", &right]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = env.run(
-        &[
-            OsStr::new("import-tar"),
-            OsStr::new("-"),
-            OsStr::new("t-img-sum3"),
-            OsStr::new("--checksum"),
-            OsStr::new(&wrong),
-        ],
-        Some(&file),
-    );
+    let out = env.import_stdin(&file, "t-img-sum3", &["--checksum", &wrong]);
     assert_refused(
         &out,
         &format!(
@@ -1497,16 +1482,7 @@ fn a_checksum_of_a_file_is_checked_before_anything_is_extracted() {
     assert!(env.listing().is_empty(), "{:?}", env.listing());
     // From a pipe it can only be hashed as it streams: the entry is
     // refused first (and nothing is renamed into place either way).
-    let out = env.run(
-        &[
-            OsStr::new("import-tar"),
-            OsStr::new("-"),
-            OsStr::new("t-img-pre"),
-            OsStr::new("--checksum"),
-            OsStr::new(&wrong),
-        ],
-        Some(&file),
-    );
+    let out = env.import_stdin(&file, "t-img-pre", &["--checksum", &wrong]);
     assert_refused(
         &out,
         "berth: cannot import standard input as machine \"t-img-pre\": entry \"../escape\": a \"..\" component is refused",
