@@ -705,14 +705,7 @@ fn import(
     // again while it is, in case it changes meanwhile); a pipe can be
     // hashed only as it streams, and is refused before the rename.
     if let (Some(want), Some(len)) = (want, len) {
-        let digest = hash_file(&input, len, signals)?;
-        if digest != want {
-            bail!(
-                "checksum mismatch: its SHA-256 is sha256:{}, --checksum says sha256:{}",
-                hex(&digest),
-                hex(&want)
-            );
-        }
+        check_digest(&hash_file(&input, len, signals)?, &want)?;
         nix::unistd::lseek(&input, 0, nix::unistd::Whence::SeekSet)
             .map_err(|e| anyhow!("cannot read it again from its start: {}", e.desc()))?;
     }
@@ -724,13 +717,7 @@ fn import(
     let entries = extract(&mut input, &root_fd, &temp.path(), &progress)?;
     let (digest, bytes) = input.finish()?;
     if let (Some(want), Some(digest)) = (want, digest) {
-        if digest != want {
-            bail!(
-                "checksum mismatch: its SHA-256 is sha256:{}, --checksum says sha256:{}",
-                hex(&digest),
-                hex(&want)
-            );
-        }
+        check_digest(&digest, &want)?;
     }
     check_os_release(&root_fd, &temp.path())?;
     progress.0.set_message(format!("{entries} entries, syncing to disk"));
@@ -803,23 +790,25 @@ fn import(
     })
 }
 
-/// The SHA-256 of the `len` bytes of a file, read from where it is.
+/// The SHA-256 of the `len` bytes of a file, read from where it is (with
+/// the import's own reader, on a duplicate sharing the file's offset).
 fn hash_file(fd: &OwnedFd, len: u64, signals: &Signals) -> anyhow::Result<[u8; 32]> {
     let progress = Progress::new(Some(len), "verifying");
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; BUF_SIZE];
-    loop {
-        signals.check()?;
-        let n = match nix::unistd::read(fd, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
-            Err(e) => bail!("reading the tarball: {}", e.desc()),
-        };
-        hasher.update(&buf[..n]);
-        progress.0.inc(n as u64);
+    let fd = fd.try_clone().context("duplicating a descriptor")?;
+    let (digest, _) = Input::new(fd, signals, true, progress.0.clone()).finish()?;
+    Ok(digest.expect("Input hashes when asked to"))
+}
+
+/// `digest` is the SHA-256 that --checksum wants, or the mismatch.
+fn check_digest(digest: &[u8; 32], want: &[u8; 32]) -> anyhow::Result<()> {
+    if digest != want {
+        bail!(
+            "checksum mismatch: its SHA-256 is sha256:{}, --checksum says sha256:{}",
+            hex(digest),
+            hex(want)
+        );
     }
-    Ok(hasher.finalize().into())
+    Ok(())
 }
 
 /// The machine name a temporary directory was made for, if it is one.
@@ -1305,26 +1294,24 @@ impl<R: Read> TarStream<R> {
             }
             record_number(value).map_err(|s| anyhow!(s))
         };
+        // Copied only where an entry keeps the value.
         for (key, value) in records {
-            let value = value.to_vec();
             match key {
-                "path" => e.path = value,
-                "linkpath" => e.link = value,
-                "size" => e.size = record_number(&value).map_err(|s| anyhow!(s))?,
-                "uid" => e.uid = record_number(&value).map_err(|s| anyhow!(s))?,
-                "gid" => e.gid = record_number(&value).map_err(|s| anyhow!(s))?,
-                "mtime" => {
-                    e.mtime = parse_pax_time(&value).ok_or_else(|| anyhow!("a bad PAX mtime {}", show(&value)))?
-                }
-                "SCHILY.acl.access" => e.acl_text.push(("system.posix_acl_access", lossy(&value))),
-                "SCHILY.acl.default" => e.acl_text.push(("system.posix_acl_default", lossy(&value))),
-                "GNU.sparse.major" => sparse.0 = Some(lossy(&value)),
-                "GNU.sparse.minor" => sparse.1 = Some(lossy(&value)),
+                "path" => e.path = value.to_vec(),
+                "linkpath" => e.link = value.to_vec(),
+                "size" => e.size = record_number(value).map_err(|s| anyhow!(s))?,
+                "uid" => e.uid = record_number(value).map_err(|s| anyhow!(s))?,
+                "gid" => e.gid = record_number(value).map_err(|s| anyhow!(s))?,
+                "mtime" => e.mtime = parse_pax_time(value).ok_or_else(|| anyhow!("a bad PAX mtime {}", show(value)))?,
+                "SCHILY.acl.access" => e.acl_text.push(("system.posix_acl_access", lossy(value))),
+                "SCHILY.acl.default" => e.acl_text.push(("system.posix_acl_default", lossy(value))),
+                "GNU.sparse.major" => sparse.0 = Some(lossy(value)),
+                "GNU.sparse.minor" => sparse.1 = Some(lossy(value)),
                 "GNU.sparse.realsize" | "GNU.sparse.size" => {
-                    sparse.2 = Some(record_number(&value).map_err(|s| anyhow!(s))?)
+                    sparse.2 = Some(record_number(value).map_err(|s| anyhow!(s))?)
                 }
                 "GNU.sparse.offset" | "GNU.sparse.numbytes" => {
-                    let n = sparse_number(&value, &sparse.3)?;
+                    let n = sparse_number(value, &sparse.3)?;
                     sparse.3.push(n)
                 }
                 "GNU.sparse.map" => {
@@ -1333,10 +1320,10 @@ impl<R: Read> TarStream<R> {
                         sparse.3.push(n);
                     }
                 }
-                "GNU.sparse.name" => sparse.4 = Some(value),
+                "GNU.sparse.name" => sparse.4 = Some(value.to_vec()),
                 k => {
                     if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
-                        e.xattrs.push((name.to_string(), value));
+                        e.xattrs.push((name.to_string(), value.to_vec()));
                     }
                 }
             }
