@@ -179,10 +179,14 @@ fn plan_child(
             if spec.network.private { " too (the veth pair's peer namespace is the host's)" } else { "" }
         );
     }
-    // No user namespace yet (PrivateUsers= comes with its issue).
-    // Without a user namespace, mount namespaces only inside a new one.
+    // Without a user namespace, mount namespaces only inside a new one (see
+    // `rootfs::lock_mounts`).
     let confine_mounts = exec.private_users == PrivateUsers::No;
-    let seccomp = crate::seccomp::Policy::new(&kept_caps, &exec.system_call_filter, confine_mounts);
+    let seccomp = crate::seccomp::Filter::new(&crate::seccomp::Policy::new(
+        &kept_caps,
+        &exec.system_call_filter,
+        confine_mounts,
+    ));
     let child = ChildSpec {
         tree: tree.dir(),
         hostname: exec.hostname.clone().unwrap_or_else(|| tree.name.to_string()),
@@ -199,7 +203,6 @@ fn plan_child(
         link_journal: exec.link_journal,
         timezone: exec.timezone,
         network: spec.network.clone(),
-        confine_mounts,
         // Claimed at start (`start`), held while the machine runs.
         users: None,
     };

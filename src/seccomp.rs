@@ -461,8 +461,25 @@ pub fn program(policy: &Policy) -> Vec<libc::sock_filter> {
     prog
 }
 
-pub fn install(policy: &Policy) -> std::io::Result<()> {
-    sys::install_seccomp_filter(&program(policy))
+/// A policy's filter, compiled by the supervisor; the child only installs
+/// it (nothing between clone and exec walks the tables or can panic here).
+#[derive(Clone)]
+pub struct Filter(Vec<libc::sock_filter>);
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Filter({} instructions)", self.0.len())
+    }
+}
+
+impl Filter {
+    pub fn new(policy: &Policy) -> Filter {
+        Filter(program(policy))
+    }
+
+    pub fn install(&self) -> std::io::Result<()> {
+        sys::install_seccomp_filter(&self.0)
+    }
 }
 
 #[cfg(test)]

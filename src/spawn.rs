@@ -51,17 +51,13 @@ pub struct ChildSpec {
     pub files: Files,
     /// What the machine may call: nspawn's list for `kept_caps`, with
     /// SystemCallFilter='s additions and removals.
-    pub seccomp: seccomp::Policy,
+    pub seccomp: seccomp::Filter,
     /// User= (Boot=no): who runs the command.
     pub user: Option<Credentials>,
     pub link_journal: LinkJournal,
     pub timezone: Timezone,
     /// [Network]: a network namespace of its own when `private`, and DNS=.
     pub network: crate::spec::Network,
-    /// The machine has no user namespace of its own: the seccomp filter
-    /// refuses mount namespaces outside a user namespace (see
-    /// `rootfs::lock_mounts`).
-    pub confine_mounts: bool,
     /// PrivateUsers=: the host IDs the machine's user namespace maps (None:
     /// no user namespace). Its owner is the range's base, not root.
     pub users: Option<crate::userns::IdRange>,
@@ -446,11 +442,7 @@ fn setup_and_exec(spec: &ChildSpec, chan: &Channel, unshare_cgroup: bool) -> Res
         path: here.into(),
         why: nix::errno::Errno::EPERM.desc().into(),
     })?;
-    io_step(
-        "installing the seccomp filter in",
-        here,
-        seccomp::install(&spec.seccomp),
-    )?;
+    io_step("installing the seccomp filter in", here, spec.seccomp.install())?;
 
     match &spec.payload {
         Payload::Init { path, args } => {
