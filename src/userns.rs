@@ -83,13 +83,19 @@ pub enum ClaimError {
 pub struct HostIds {
     /// (start, count) ranges a candidate must not overlap.
     taken: Vec<(u64, u64, String)>,
+    /// nsswitch.conf names a source beyond files and systemd (see
+    /// `known_to_nss`).
+    nss: bool,
 }
 
 impl HostIds {
-    /// Read /etc/subuid, /etc/subgid, /etc/passwd, /etc/group and the ID
-    /// maps of running processes.
+    /// Read /etc/subuid, /etc/subgid, /etc/passwd, /etc/group, the ID maps
+    /// of running processes and nsswitch.conf.
     pub fn read() -> Self {
-        let mut h = HostIds::default();
+        let mut h = HostIds {
+            nss: nss_beyond_files(&std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default()),
+            ..HostIds::default()
+        };
         for f in ["/etc/subuid", "/etc/subgid"] {
             h.add_sub_ids(Path::new(f));
         }
@@ -186,8 +192,8 @@ pub fn preferred_base(name: &str) -> u32 {
 /// such a source: loading NSS costs a start milliseconds, and the two
 /// usual sources are covered already (`files` read directly; `systemd`'s
 /// container users are the ID maps of running machines, scanned).
-fn known_to_nss(range: IdRange) -> bool {
-    if !nss_beyond_files(&std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default()) {
+fn known_to_nss(host: &HostIds, range: IdRange) -> bool {
+    if !host.nss {
         return false;
     }
     let last = range.base + (range.size - 1);
@@ -332,7 +338,7 @@ pub fn claim(name: &str, mode: PrivateUsers, dir: &Path) -> Result<Option<Claim>
             for i in 0..slots {
                 let base = PICK_FIRST + ((first + i) % slots) * RANGE;
                 let range = IdRange { base, size: RANGE };
-                if host.conflict(range).is_some() || known_to_nss(range) {
+                if host.conflict(range).is_some() || known_to_nss(&host, range) {
                     continue;
                 }
                 if let Some(lock) = try_lock(dir, range)? {
@@ -492,19 +498,8 @@ impl crate::setup::ParentStep for UserNamespace {
         self.write_maps(pid)?;
         self.delegate_cgroup(pid)?;
         if let Some(pty) = &self.console {
-            // Root's terminal group inside is tty (5), as on the host; the
-            // mode as berth made it (root inside may have changed it in an
-            // earlier boot).
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(pty, std::fs::Permissions::from_mode(0o620))
-                .and_then(|()| {
-                    nix::unistd::chown(
-                        pty,
-                        Some(nix::unistd::Uid::from_raw(self.range.base)),
-                        Some(nix::unistd::Gid::from_raw(self.range.host_id(5))),
-                    )
-                    .map_err(std::io::Error::from)
-                })
+            // Root's terminal group inside is tty (5), as on the host.
+            give_console(pty, self.range.base, self.range.host_id(5))
                 .map_err(|e| anyhow::anyhow!("giving the console {} to the machine's root: {e}", pty.display()))?;
         }
         if let Some(dir) = crate::rootfs::host_journal_dir(self.link_journal, &self.machine_id) {
@@ -579,15 +574,23 @@ impl crate::setup::ParentStep for UserNamespace {
         // The console goes back to root, with the mode berth gave it (the
         // pty outlives a reboot, and root inside may have opened it up).
         if let Some(pty) = &self.console {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = nix::unistd::chown(
-                pty,
-                Some(nix::unistd::Uid::from_raw(0)),
-                Some(nix::unistd::Gid::from_raw(5)),
-            );
-            let _ = std::fs::set_permissions(pty, std::fs::Permissions::from_mode(0o620));
+            let _ = give_console(pty, 0, 5);
         }
     }
+}
+
+/// The console pty to `uid`:`gid`, with the mode berth made it (root
+/// inside may have changed it in an earlier boot, and the pty outlives a
+/// reboot).
+fn give_console(pty: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(pty, std::fs::Permissions::from_mode(0o620))?;
+    nix::unistd::chown(
+        pty,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
