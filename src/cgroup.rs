@@ -79,24 +79,12 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> C
 /// The cgroup2 mount point, from a mountinfo text: /sys/fs/cgroup on unified
 /// hosts, /sys/fs/cgroup/unified on hybrid ones.
 pub fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let fstype = right.split_whitespace().next()?;
-            let mount_point = left.split_whitespace().nth(4)?;
-            (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
-        })
+    let mut found: Vec<PathBuf> = crate::mountinfo::mounts(mountinfo.as_bytes())
+        .filter(|m| m.fs_type == b"cgroup2")
+        .map(|m| m.point)
         .collect();
     found.sort_by_key(|p| p != Path::new("/sys/fs/cgroup"));
     found.into_iter().next()
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 /// The cgroup2 path of the process, from a /proc/PID/cgroup text.

@@ -187,42 +187,8 @@ fn open_machines_dir(dir: &Path) -> anyhow::Result<OwnedFd> {
 fn mount_at_or_under(target: &Path) -> anyhow::Result<Option<PathBuf>> {
     let table =
         std::fs::read("/proc/self/mountinfo").map_err(|e| anyhow!("reading /proc/self/mountinfo: {}", os_error(&e)))?;
-    Ok(mounts_at_or_under(&table, target.as_os_str().as_bytes()).map(|m| PathBuf::from(OsStr::from_bytes(&m))))
-}
-
-/// The same, from a mount table's text (its fifth field, \NNN unescaped).
-pub fn mounts_at_or_under(table: &[u8], target: &[u8]) -> Option<Vec<u8>> {
-    let target = target.strip_suffix(b"/").filter(|t| !t.is_empty()).unwrap_or(target);
-    for line in table.split(|b| *b == b'\n') {
-        let Some(field) = line.split(|b| *b == b' ').nth(4) else {
-            continue;
-        };
-        let mut point = Vec::with_capacity(field.len());
-        let mut i = 0;
-        while i < field.len() {
-            let oct = field
-                .get(i + 1..i + 4)
-                .filter(|o| field[i] == b'\\' && o.iter().all(|c| (b'0'..=b'7').contains(c)));
-            match oct {
-                Some(o) => {
-                    let v = u32::from(o[0] - b'0') * 64 + u32::from(o[1] - b'0') * 8 + u32::from(o[2] - b'0');
-                    point.push(v as u8);
-                    i += 4;
-                }
-                None => {
-                    point.push(field[i]);
-                    i += 1;
-                }
-            }
-        }
-        let under = point
-            .strip_prefix(target)
-            .is_some_and(|rest| rest.is_empty() || rest[0] == b'/' || target == b"/");
-        if under {
-            return Some(point);
-        }
-    }
-    None
+    let first = crate::mountinfo::at_or_under(&table, target).next().map(|m| m.point);
+    Ok(first)
 }
 
 /// The kernel's name of a directory descriptor (its path from the root).
@@ -3087,7 +3053,11 @@ mod tests {
             30 22 0:5 / /var/lib/machines/web/proc rw - proc proc rw\n\
             31 22 0:6 / /var/lib/machines/a\\040b rw - tmpfs tmpfs rw\n\
             32 22 0:7 / /var/lib/machines/webby rw - tmpfs tmpfs rw\n";
-        let find = |t: &str| mounts_at_or_under(table, t.as_bytes()).map(|m| String::from_utf8(m).unwrap());
+        let find = |t: &str| {
+            crate::mountinfo::at_or_under(table, Path::new(t))
+                .next()
+                .map(|m| m.point.to_str().unwrap().to_string())
+        };
         assert_eq!(
             find("/var/lib/machines/web").as_deref(),
             Some("/var/lib/machines/web/proc")

@@ -19,6 +19,7 @@ pub mod inroot;
 pub mod lock;
 pub mod log;
 pub mod manual;
+pub mod mountinfo;
 pub mod name;
 pub mod net;
 pub mod nft;

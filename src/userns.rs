@@ -237,24 +237,17 @@ fn try_lock(dir: &Path, range: IdRange) -> Result<Option<Flock<File>>, ClaimErro
 /// The mounts at or below `path` in berth's mount table, for an error
 /// (an idmapped or locked one there makes the kernel refuse an idmapping).
 fn mounts_below(path: &Path) -> String {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(table) = std::fs::read("/proc/self/mountinfo") else {
         return String::new();
     };
-    let p = path.to_string_lossy();
-    let found: Vec<String> = text
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let point = *f.get(4)?;
-            let under = point == p || point.starts_with(&format!("{p}/"));
-            let sep = f.iter().position(|w| *w == "-")?;
-            under.then(|| {
-                format!(
-                    "{point} ({}, {})",
-                    f.get(sep + 1).unwrap_or(&"?"),
-                    f.get(5).unwrap_or(&"?")
-                )
-            })
+    let found: Vec<String> = crate::mountinfo::at_or_under(&table, path)
+        .map(|m| {
+            format!(
+                "{} ({}, {})",
+                m.point.display(),
+                String::from_utf8_lossy(m.fs_type),
+                String::from_utf8_lossy(m.options)
+            )
         })
         .collect();
     if found.is_empty() {
