@@ -1022,8 +1022,19 @@ mod tests {
     }
 
     /// Connects to `to` over TCP and sends one byte.
+    /// A connection that should work: patient, as a loaded host (a fresh
+    /// veth's first ARP and SYN under a parallel build) can take seconds.
     fn connect(to: SocketAddr) -> std::io::Result<()> {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(500))?;
+        connect_within(to, Duration::from_secs(5))
+    }
+
+    /// A connection that should fail: brief, so it does not wait long.
+    fn connect_briefly(to: SocketAddr) -> std::io::Result<()> {
+        connect_within(to, Duration::from_millis(500))
+    }
+
+    fn connect_within(to: SocketAddr, patience: Duration) -> std::io::Result<()> {
+        let mut s = TcpStream::connect_timeout(&to, patience)?;
         s.write_all(b"x")?;
         Ok(())
     }
@@ -1086,7 +1097,7 @@ mod tests {
             }
             // Not a local destination: not this rule's business.
             for to in ["10.99.0.5:8080", "[fd00:99::5]:8080"] {
-                assert!(connect(to.parse().unwrap()).is_err(), "{to} must not be rewritten");
+                assert!(connect_briefly(to.parse().unwrap()).is_err(), "{to} must not be rewritten");
             }
             assert_eq!(accept_now(&l4), None);
             assert_eq!(accept_now(&l6), None);
@@ -1128,8 +1139,8 @@ mod tests {
                     connect(to("10.77.0.1:8080")).map_err(|e| e.to_string()),
                     connect(to("[fd00:77::1]:8080")).map_err(|e| e.to_string()),
                     // Through the host to elsewhere: must not be hijacked.
-                    connect(to("10.99.0.5:8080")).map_err(|e| e.to_string()),
-                    connect(to("[fd00:99::5]:8080")).map_err(|e| e.to_string()),
+                    connect_briefly(to("10.99.0.5:8080")).map_err(|e| e.to_string()),
+                    connect_briefly(to("[fd00:99::5]:8080")).map_err(|e| e.to_string()),
                 ]
             });
             let tid = tid_rx.recv().unwrap().to_string();
