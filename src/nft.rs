@@ -1097,7 +1097,10 @@ mod tests {
             }
             // Not a local destination: not this rule's business.
             for to in ["10.99.0.5:8080", "[fd00:99::5]:8080"] {
-                assert!(connect_briefly(to.parse().unwrap()).is_err(), "{to} must not be rewritten");
+                assert!(
+                    connect_briefly(to.parse().unwrap()).is_err(),
+                    "{to} must not be rewritten"
+                );
             }
             assert_eq!(accept_now(&l4), None);
             assert_eq!(accept_now(&l6), None);
